@@ -1,0 +1,52 @@
+"""The loaded parts of one Stable Diffusion model, as the generator needs them.
+
+The model manager produces these (from a diffusers folder, a single-file checkpoint or a built-in recipe) and the
+generator consumes them; neither needs to know how the other works. Geometry (latent scale factor, native size,
+latent channels) is read from the modules' own configs, never assumed: the embedded model downsamples by 4, SD by 8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+
+@dataclass
+class Components:
+    name: str
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler_config: dict[str, Any]
+    sha256: str = ""
+    family: str = "sd-1"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """(width, height) the model was trained at: UNet sample size × VAE factor."""
+        sample = self.unet.config.sample_size
+        h, w = (sample, sample) if isinstance(sample, int) else sample
+        return int(w) * self.vae_scale_factor, int(h) * self.vae_scale_factor

@@ -1,0 +1,191 @@
+"""The one noun that flows through invoke-repl: a frozen, validated generation request.
+
+A `Request` is built by the parser (`commands.parse`), resolved by the session (`-1` references, the model's
+native size) and by the generator (the random seed, per-image seeds and variation seeds), and recorded in every
+image's metadata. Validation lives here so every producer — a typed line, `!fetch`ed metadata, a test — gets
+the same rules and the same one-line messages. This module does no I/O and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from dataclasses import dataclass, field, fields, replace
+from fractions import Fraction
+
+# Sampler names the user may type. The table that maps them to diffusers schedulers lives in
+# generator/core.py (it imports torch); this list is the contract the parser and completion use.
+SAMPLERS: tuple[str, ...] = (
+    "ddim",
+    "plms",
+    "k_lms",
+    "k_lms_karras",
+    "k_dpm_2",
+    "k_dpm_2_karras",
+    "k_dpm_2_a",
+    "k_dpm_2_a_karras",
+    "k_dpmpp_2",
+    "k_dpmpp_2_karras",
+    "k_dpmpp_2_a",
+    "k_dpmpp_2_a_karras",
+    "k_euler",
+    "k_euler_karras",
+    "k_euler_a",
+    "k_heun",
+    "k_heun_karras",
+)
+
+DEFAULT_STEPS = 50
+DEFAULT_CFG = 7.5
+DEFAULT_SAMPLER = "k_lms"
+# InvokeAI 2.x's default when -I is given without -f; 0 stays 0 (2.3 silently turned 0 into 0.75).
+DEFAULT_STRENGTH = 0.75
+MAX_SEED = 2**32 - 1
+PREVIOUS = -1  # `--seed -1` / `-I -1`: the previous image's seed / file, resolved by the session
+PREVIOUS_IMAGE = "-1"
+
+MIN_STEPS, MAX_STEPS = 1, 1000
+MIN_SIZE, MAX_SIZE = 8, 4096
+MAX_ITERATIONS = 1000
+MAX_CFG = 100.0
+
+
+class RequestError(ValueError):
+    """A request that cannot run; the message is one line, shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    negative: str = ""
+    steps: int = DEFAULT_STEPS
+    seed: int | None = None  # None: drawn at random; -1: the previous image's seed
+    strength: float | None = None  # None: DEFAULT_STRENGTH when there is an init image
+    init_img: str | None = None  # a path as typed, or "-1" for the previous output
+    sampler: str = DEFAULT_SAMPLER
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+    cfg_scale: float = DEFAULT_CFG
+    iterations: int = 1
+    grid: bool = False
+    variation_amount: float = 0.0
+    with_variations: tuple[tuple[int, float], ...] = field(default=())
+    fit: bool = False
+    outdir: str | None = None
+    save_steps: bool = False
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def is_img2img(self) -> bool:
+        return self.init_img is not None
+
+    @property
+    def effective_strength(self) -> float | None:
+        """Strength the generator uses: None for txt2img, the default when -I came without one."""
+        if not self.is_img2img:
+            return None
+        return DEFAULT_STRENGTH if self.strength is None else self.strength
+
+    @property
+    def steps_taken(self) -> int:
+        strength = self.effective_strength
+        return self.steps if strength is None else img2img_steps(self.steps, strength)
+
+    def replace(self, **changes: object) -> Request:
+        return replace(self, **changes)
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """⌊steps × strength⌋ computed on the decimal the user typed: 0.29 × 100 is 29, not 28.999…→28."""
+    return math.floor(Fraction(repr(float(strength))) * steps)
+
+
+def _finite(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise RequestError(f"{name} must be a finite number, got {value!r}")
+
+
+def _integer(name: str, value: object, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RequestError(f"{name} must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise RequestError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def _fraction(name: str, value: float) -> None:
+    _finite(name, value)
+    if not 0.0 <= value <= 1.0:
+        raise RequestError(f"{name} must be between 0 and 1, got {value:g}")
+
+
+def control_character(text: str) -> str | None:
+    """The first character that cannot live inside one command line, or None.
+
+    Every request must print as one pasteable line (`commands.canonical`), and the REPL splits input on the same
+    characters `str.splitlines` does, so control characters, line/paragraph separators and lone surrogates (which
+    cannot even be printed to a UTF-8 terminal) are refused up front rather than breaking a log line later.
+    """
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp"):
+            return char
+    return None
+
+
+def _one_line(name: str, value: str) -> None:
+    bad = control_character(value)
+    if bad is not None:
+        raise RequestError(f"{name} contains a control character (U+{ord(bad):04X}); a command is one line of text")
+
+
+def validate(r: Request) -> None:
+    """Raise RequestError with a specific one-line message for the first thing wrong with `r`."""
+    if not isinstance(r.prompt, str) or not isinstance(r.negative, str):
+        raise RequestError("prompt and negative prompt must be text")
+    _one_line("prompt", r.prompt)
+    _one_line("negative prompt", r.negative)
+    _integer("steps", r.steps, MIN_STEPS, MAX_STEPS)
+    if r.seed is not None and r.seed != PREVIOUS:
+        _integer("seed", r.seed, 0, MAX_SEED)
+    if r.strength is not None:
+        _fraction("strength", r.strength)
+    if r.init_img is not None and (not isinstance(r.init_img, str) or not r.init_img):
+        raise RequestError("init image must be a file path (or -1 for the previous image)")
+    if r.init_img is not None:
+        _one_line("init image path", r.init_img)
+    if r.sampler not in SAMPLERS:
+        raise RequestError(f"unknown sampler {r.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    for name in ("width", "height"):
+        value = getattr(r, name)
+        if value is not None:
+            _integer(name, value, MIN_SIZE, MAX_SIZE)
+            if value % 8:
+                raise RequestError(f"{name} must be a multiple of 8, got {value}")
+    _finite("cfg scale", r.cfg_scale)
+    if not 0.0 <= r.cfg_scale <= MAX_CFG:
+        raise RequestError(f"cfg scale must be between 0 and {MAX_CFG:g}, got {r.cfg_scale:g}")
+    _integer("iterations", r.iterations, 1, MAX_ITERATIONS)
+    _fraction("variation amount", r.variation_amount)
+    if not isinstance(r.with_variations, tuple):
+        raise RequestError("with-variations must be a tuple of (seed, weight) pairs")
+    for pair in r.with_variations:
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise RequestError("with-variations must be seed:weight pairs")
+        _integer("variation seed", pair[0], 0, MAX_SEED)
+        _fraction("variation weight", pair[1])
+    for name in ("grid", "fit", "save_steps"):
+        if not isinstance(getattr(r, name), bool):
+            raise RequestError(f"{name} must be true or false")
+    if r.model is not None and (not isinstance(r.model, str) or not r.model.strip()):
+        raise RequestError("model name must not be empty")
+    if r.model is not None:
+        _one_line("model name", r.model)
+    if r.outdir is not None and (not isinstance(r.outdir, str) or not r.outdir):
+        raise RequestError("output directory must not be empty")
+    if r.outdir is not None:
+        _one_line("output directory", r.outdir)
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Request))
