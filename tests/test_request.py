@@ -1,0 +1,87 @@
+"""The Request object: defaults, validation messages, and the img2img step arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+
+from invoke_repl.request import (
+    DEFAULT_STRENGTH,
+    FIELD_NAMES,
+    PREVIOUS,
+    Request,
+    RequestError,
+    control_character,
+    img2img_steps,
+)
+
+
+def test_defaults() -> None:
+    r = Request(prompt="fire")
+    assert (r.steps, r.seed, r.sampler, r.cfg_scale, r.iterations) == (50, None, "k_lms", 7.5, 1)
+    assert not r.is_img2img and r.effective_strength is None and r.steps_taken == 50
+    assert FIELD_NAMES[0] == "prompt" and "with_variations" in FIELD_NAMES
+
+
+def test_img2img_strength_defaults_and_steps_taken() -> None:
+    r = Request(prompt="fire", steps=10, init_img="fire.png")
+    assert r.effective_strength == DEFAULT_STRENGTH and r.steps_taken == 7
+    assert r.replace(strength=0.7).steps_taken == 7
+    assert r.replace(strength=0.0).steps_taken == 0  # 0 stays 0
+    assert r.replace(strength=1.0).steps_taken == 10
+
+
+@pytest.mark.parametrize(("steps", "strength", "taken"), [(100, 0.29, 29), (10, 0.7, 7), (50, 0.3, 15), (3, 0.5, 1)])
+def test_img2img_steps_has_no_float_artefacts(steps: int, strength: float, taken: int) -> None:
+    assert img2img_steps(steps, strength) == taken
+
+
+def test_requests_are_frozen_and_comparable() -> None:
+    r = Request(prompt="x", seed=PREVIOUS)
+    with pytest.raises(AttributeError):
+        r.steps = 3  # type: ignore[misc]
+    assert r == Request(prompt="x", seed=-1) and hash(r) == hash(Request(prompt="x", seed=-1))
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"steps": 0}, "steps must be between 1 and 1000, got 0"),
+        ({"steps": 1001}, "steps must be between 1 and 1000"),
+        ({"steps": 2.5}, "steps must be a whole number"),
+        ({"steps": True}, "steps must be a whole number"),
+        ({"seed": -2}, "seed must be between 0 and 4294967295"),
+        ({"seed": 2**32}, "seed must be between 0 and 4294967295"),
+        ({"strength": 1.5}, "strength must be between 0 and 1"),
+        ({"strength": float("nan")}, "strength must be a finite number"),
+        ({"init_img": ""}, "init image must be a file path"),
+        ({"sampler": "k_lmz"}, "unknown sampler 'k_lmz'; choose one of: ddim"),
+        ({"width": 4}, "width must be between 8 and 4096"),
+        ({"height": 500}, "height must be a multiple of 8, got 500"),
+        ({"cfg_scale": float("inf")}, "cfg scale must be a finite number"),
+        ({"cfg_scale": -1.0}, "cfg scale must be between 0 and 100"),
+        ({"iterations": 0}, "iterations must be between 1 and 1000"),
+        ({"variation_amount": 2.0}, "variation amount must be between 0 and 1"),
+        ({"with_variations": ((1, 2.0),)}, "variation weight must be between 0 and 1"),
+        ({"with_variations": ((-5, 0.5),)}, "variation seed must be between 0"),
+        ({"with_variations": [(1, 0.5)]}, "with-variations must be a tuple"),
+        ({"grid": 1}, "grid must be true or false"),
+        ({"model": "  "}, "model name must not be empty"),
+        ({"outdir": ""}, "output directory must not be empty"),
+        ({"prompt": "two\nlines"}, "prompt contains a control character (U+000A)"),
+        ({"negative": "tab\there"}, "negative prompt contains a control character (U+0009)"),
+        ({"init_img": "a\u2028b.png"}, "init image path contains a control character (U+2028)"),
+        ({"model": "m\x00"}, "model name contains a control character"),
+        ({"outdir": "o\x1b"}, "output directory contains a control character"),
+    ],
+)
+def test_validation_messages(changes: dict[str, object], words: str) -> None:
+    with pytest.raises(RequestError) as info:
+        Request(**{"prompt": "x", **changes})  # type: ignore[arg-type]
+    assert words in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_control_character_finder() -> None:
+    assert control_character("a dog's life, ünïcödé 🔥") is None
+    assert control_character("a\x85b") == "\x85"
+    assert control_character("\ud800") == "\ud800"
