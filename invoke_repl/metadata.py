@@ -1,0 +1,464 @@
+"""PNG text metadata: what each image records about the request that made it, and reading it back for `!fetch`.
+
+Every image carries three text chunks, so that each family of tools finds what it already understands:
+
+* ``Dream`` — the command in the ``legacy`` dialect (`commands.legacy_line`), the line InvokeAI 2.x's ``!fetch``
+  and its web UI read.
+* ``sd-metadata`` — JSON in InvokeAI 2.x's shape (``metadata_dumps`` in 2.x's ``ldm/invoke/args.py``: the "RFC 266"
+  layout). Where 2.x itself was lossy we add keys beside its own, never instead of them:
+
+  - ``image.prompt`` is ``[{"prompt": text, "weight": 1.0}]`` as 2.x wrote it, with the negative prompt folded in
+    as ``"positive [negative]"`` (2.x's own negative syntax, so a 2.x reader sees it). ``image.negative_prompt``
+    holds it separately so our reader splits the text exactly, whatever brackets the positive prompt contains.
+  - img2img: ``strength`` and ``init_image_path`` (DESIGN.md), plus ``init_img`` (the key 2.x's reader turns back
+    into ``-I``; 2.x's writer lost it to a missing comma). 2.x's own ``strength_steps`` is read, not written.
+  - ours: ``steps_taken`` (steps actually run: ⌊steps × strength⌋ for img2img), ``fit``, and ``variation_amount``
+    when it is not folded into ``variations``.
+  - the JSON is ASCII (``ensure_ascii``), as 2.x wrote it, so the chunk is always tEXt.
+
+* ``parameters`` — AUTOMATIC1111's text form: the prompt, a ``Negative prompt:`` line that is always present (even
+  when empty, so a reader never has to guess where the prompt ends), then
+  ``Steps: 10, Sampler: LMS, CFG scale: 7.5, Seed: 1592514025, Size: 384x384, Model hash: <10 hex>, Model: <name>``
+  and ``, Denoising strength: 0.7`` for img2img. Sampler names are written in A1111's spelling (``LMS``,
+  ``Euler a``, ``DPM++ 2M Karras``) because that is what A1111, civitai and friends index; `SAMPLER_TO_A1111`
+  maps both ways, and the reader also accepts our own names and A1111's newer ``Schedule type: Karras``. One
+  variation is A1111's ``Variation seed``/``Variation seed strength``; several add ``Variations: "s:w,s:w"``.
+  A1111 records no init-image path, so a ``parameters``-only img2img reads back with its strength and no ``-I``
+  (an editable line: the user adds the init image), as does a 2.x ``sd-metadata`` whose writer lost the path.
+
+Reading prefers ``sd-metadata`` (the most complete), then ``Dream``, then ``parameters``; if the preferred one is
+malformed the next is tried, and the first failure is what the user sees. Paths found in metadata are only text:
+nothing here opens, checks or runs them. Text is written as tEXt when it is ASCII and as UTF-8 iTXt otherwise
+(tEXt is Latin-1 by the PNG spec and many readers mis-decode it). This module imports no torch and does no file
+I/O beyond reading the PNG it is asked about.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from invoke_repl.request import DEFAULT_SAMPLER, SAMPLERS, Request, RequestError, control_character
+
+if TYPE_CHECKING:
+    from PIL.PngImagePlugin import PngInfo
+
+    from invoke_repl.results import GeneratedImage
+
+APP_ID = "invoke-repl"
+MODEL_FAMILY = "stable diffusion"  # 2.x's constant top-level "model"
+
+DREAM_KEY = "Dream"
+SD_METADATA_KEY = "sd-metadata"
+PARAMETERS_KEY = "parameters"
+KEYS: tuple[str, ...] = (SD_METADATA_KEY, DREAM_KEY, PARAMETERS_KEY)  # reading preference
+
+NEGATIVE_LABEL = "Negative prompt:"
+MODEL_HASH_CHARS = 10  # A1111's short hash: the first 10 hex digits of the file's sha256
+
+# Our sampler names ↔ AUTOMATIC1111's. k_dpmpp_2 is DPM++ 2M and k_dpmpp_2_a is DPM++ 2S a, as in InvokeAI 2.3.
+SAMPLER_TO_A1111: dict[str, str] = {
+    "ddim": "DDIM",
+    "plms": "PLMS",
+    "k_lms": "LMS",
+    "k_lms_karras": "LMS Karras",
+    "k_dpm_2": "DPM2",
+    "k_dpm_2_karras": "DPM2 Karras",
+    "k_dpm_2_a": "DPM2 a",
+    "k_dpm_2_a_karras": "DPM2 a Karras",
+    "k_dpmpp_2": "DPM++ 2M",
+    "k_dpmpp_2_karras": "DPM++ 2M Karras",
+    "k_dpmpp_2_a": "DPM++ 2S a",
+    "k_dpmpp_2_a_karras": "DPM++ 2S a Karras",
+    "k_euler": "Euler",
+    "k_euler_karras": "Euler Karras",
+    "k_euler_a": "Euler a",
+    "k_heun": "Heun",
+    "k_heun_karras": "Heun Karras",
+}
+A1111_TO_SAMPLER: dict[str, str] = {v.lower(): k for k, v in SAMPLER_TO_A1111.items()}
+
+# A1111's own pattern for the last line (modules/infotext_utils.py): `Key: value` or `Key: "json string"`.
+_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_BRACKETS_RE = re.compile(r"\[([^\[\]]*)\]")
+
+
+class OutputError(Exception):
+    """An image or file could not be saved or read; one line (read-only folder, full disk, not a directory…).
+
+    Defined here rather than in `outputs` only so that `MetadataError` can derive from it without an import cycle;
+    `outputs.OutputError` is the name callers use.
+    """
+
+
+class MetadataError(OutputError, ValueError):
+    """A PNG whose generation metadata is missing or unusable; one line. Both an output problem and a bad value,
+    so callers catching either see it."""
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _fold_negative(prompt: str, negative: str) -> str:
+    return f"{prompt} [{negative}]" if negative else prompt
+
+
+def sd_metadata(generated: GeneratedImage, *, model_hash: str, app_version: str) -> dict[str, Any]:
+    """The ``sd-metadata`` dict (InvokeAI 2.x's shape plus our additions; see the module docstring)."""
+    r = generated.request
+    image: dict[str, Any] = {
+        "type": "img2img" if r.is_img2img else "txt2img",
+        "prompt": [{"prompt": _fold_negative(r.prompt, r.negative), "weight": 1.0}],
+        "negative_prompt": r.negative,
+        "seed": r.seed,
+        "variations": [{"seed": s, "weight": float(w)} for s, w in r.with_variations],
+        "steps": r.steps,
+        "cfg_scale": float(r.cfg_scale),
+        "width": r.width,
+        "height": r.height,
+        "sampler": r.sampler,
+        "steps_taken": generated.steps_taken,
+        "fit": r.fit,
+    }
+    if r.variation_amount:
+        image["variation_amount"] = float(r.variation_amount)
+    if r.is_img2img:
+        image["strength"] = float(r.effective_strength or 0.0)
+        image["init_image_path"] = r.init_img
+        image["init_img"] = r.init_img
+    return {
+        "model": MODEL_FAMILY,
+        "model_id": r.model,
+        "model_hash": model_hash,
+        "app_id": APP_ID,
+        "app_version": app_version,
+        "image": image,
+    }
+
+
+def _a1111_quote(value: str) -> str:
+    """A1111's `quote()`: values with a comma, colon or newline become a JSON string so the line still splits."""
+    if any(c in value for c in ',:\n"'):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def a1111_parameters(generated: GeneratedImage, *, model_hash: str) -> str:
+    """The ``parameters`` text, in AUTOMATIC1111's layout (see the module docstring)."""
+    r = generated.request
+    fields: list[tuple[str, str]] = [
+        ("Steps", str(r.steps)),
+        ("Sampler", SAMPLER_TO_A1111.get(r.sampler, r.sampler)),
+        ("CFG scale", repr(float(r.cfg_scale))),
+        ("Seed", str(r.seed)),
+        ("Size", f"{r.width}x{r.height}"),
+    ]
+    if model_hash:
+        fields.append(("Model hash", model_hash[:MODEL_HASH_CHARS]))
+    if r.model:
+        fields.append(("Model", _a1111_quote(r.model)))
+    if r.is_img2img:
+        fields.append(("Denoising strength", repr(float(r.effective_strength or 0.0))))
+    if len(r.with_variations) == 1:
+        seed, weight = r.with_variations[0]
+        fields += [("Variation seed", str(seed)), ("Variation seed strength", repr(float(weight)))]
+    elif r.with_variations:
+        fields.append(("Variations", _a1111_quote(_variations_text(r.with_variations))))
+    settings = ", ".join(f"{k}: {v}" for k, v in fields)
+    return f"{r.prompt}\n{NEGATIVE_LABEL} {r.negative}\n{settings}"
+
+
+def _variations_text(pairs: tuple[tuple[int, float], ...]) -> str:
+    return ",".join(f"{s}:{w!r}" for s, w in pairs)
+
+
+def text_chunks(generated: GeneratedImage, *, model_hash: str, app_version: str) -> dict[str, str]:
+    """All three chunks for one image, keyed by chunk keyword."""
+    from invoke_repl.commands import legacy_line  # lazily: commands is a sibling, not a dependency at import
+
+    meta = sd_metadata(generated, model_hash=model_hash, app_version=app_version)
+    return {
+        DREAM_KEY: legacy_line(generated.request),
+        SD_METADATA_KEY: json.dumps(meta),
+        PARAMETERS_KEY: a1111_parameters(generated, model_hash=model_hash),
+    }
+
+
+def png_info(chunks: Mapping[str, str]) -> PngInfo:
+    """PngInfo with each chunk as tEXt when ASCII, else UTF-8 iTXt (never Latin-1 tEXt, which readers mis-decode)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in chunks.items():
+        if value.isascii():
+            info.add_text(key, value)
+        else:
+            info.add_itxt(key, value)
+    return info
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def read_chunks(path: Path) -> dict[str, str]:
+    """The PNG's text chunks. Raises MetadataError (one line) when the file is not a readable PNG."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG":
+                raise MetadataError(f"{path}: not a PNG image ({im.format or 'unknown format'})")
+            found = {k: v for k, v in im.info.items() if isinstance(k, str) and isinstance(v, str)}
+            if not any(k in found for k in KEYS):
+                # chunks after the pixel data only show up once the image is decoded; ours come first
+                im.load()
+                found.update({k: str(v) for k, v in getattr(im, "text", {}).items()})
+    except MetadataError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise MetadataError(f"{path}: image too large to read safely ({exc})") from exc
+    except (UnidentifiedImageError, SyntaxError) as exc:
+        raise MetadataError(f"{path}: not a PNG image") from exc
+    except OSError as exc:
+        raise MetadataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    return found
+
+
+def read_request(path: Path) -> Request:
+    """The request recorded in a PNG by us, InvokeAI 2.x or AUTOMATIC1111 (see `request_from_chunks`)."""
+    path = Path(path)
+    try:
+        return request_from_chunks(read_chunks(path))
+    except MetadataError as exc:
+        message = str(exc)
+        raise MetadataError(message if message.startswith(str(path)) else f"{path}: {message}") from exc
+
+
+def request_from_chunks(chunks: Mapping[str, str]) -> Request:
+    """Prefer sd-metadata, then Dream, then parameters; the first failure is reported if none works."""
+    readers = {
+        SD_METADATA_KEY: lambda text: request_from_sd_metadata(json.loads(text)),
+        DREAM_KEY: request_from_dream,
+        PARAMETERS_KEY: request_from_parameters,
+    }
+    first_error: str | None = None
+    for key in KEYS:
+        text = chunks.get(key)
+        if text is None:
+            continue
+        try:
+            return readers[key](text)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            if first_error is None:
+                first_error = f"unusable {key} metadata: {_one_line(exc)}"
+    if first_error is not None:
+        raise MetadataError(first_error)
+    raise MetadataError("no generation metadata (Dream, sd-metadata or parameters) in this PNG")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())[:300]
+
+
+def _one_line_text(text: str) -> str:
+    """Foreign prompts may span lines (A1111 allows it); a Request is one line, so line breaks become spaces and
+    other control characters are dropped. Text that is already one clean line is returned exactly."""
+    if control_character(text) is None:
+        return text
+    joined = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return "".join(c for c in joined if unicodedata.category(c) not in ("Cc", "Cs", "Zl", "Zp"))
+
+
+def _opt_text(value: Any) -> str | None:
+    """A path or name from metadata: one line of text or None. Never opened or checked — it is only text."""
+    if value is None:
+        return None
+    return _one_line_text(str(value)) or None
+
+
+def split_negative(prompt: str) -> tuple[str, str]:
+    """InvokeAI 2.x's negative syntax: every ``[...]`` in the prompt is negative text, the rest is positive."""
+    negatives = [m.strip() for m in _BRACKETS_RE.findall(prompt)]
+    if not negatives:
+        return prompt, ""
+    positive = " ".join(_BRACKETS_RE.sub(" ", prompt).split())
+    return positive, " ".join(n for n in negatives if n)
+
+
+def _repack_prompt(value: Any) -> str:
+    """2.x's prompt list back to text; several weighted parts become a compel ``.blend()``."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not value:
+        raise MetadataError("prompt is neither text nor a list of {prompt, weight}")
+    parts = [(str(p.get("prompt", "")), float(p.get("weight", 1.0))) for p in value]
+    if len(parts) == 1 and parts[0][1] == 1.0:
+        return parts[0][0]
+    texts = ", ".join(json.dumps(text, ensure_ascii=False) for text, _ in parts)
+    weights = ", ".join(f"{weight:g}" for _, weight in parts)
+    return f"({texts}).blend({weights})"
+
+
+def _sampler(name: Any) -> str:
+    """Our sampler for a name in our spelling or A1111's; an unknown one falls back to the default (editable)."""
+    text = str(name or "").strip()
+    if text in SAMPLERS:
+        return text
+    return A1111_TO_SAMPLER.get(text.lower(), DEFAULT_SAMPLER)
+
+
+def _variations(value: Any) -> tuple[tuple[int, float], ...]:
+    if not value:
+        return ()
+    if isinstance(value, str):
+        pairs = [item.split(":") for item in value.split(",") if item.strip()]
+        return tuple((int(s), float(w)) for s, w in pairs)
+    return tuple((int(v["seed"]), float(v["weight"])) for v in value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _build(source: str, **fields: Any) -> Request:
+    try:
+        return Request(**fields)
+    except RequestError as exc:
+        raise MetadataError(f"{source}: {exc}") from exc
+
+
+def request_from_sd_metadata(meta: Mapping[str, Any]) -> Request:
+    """InvokeAI 2.x ``sd-metadata`` (``image``, a grid's ``images`` list, or the older flat layout), or ours."""
+    if not isinstance(meta, Mapping):
+        raise MetadataError("sd-metadata is not a JSON object")
+    if isinstance(meta.get("image"), Mapping):
+        image = meta["image"]
+    elif isinstance(meta.get("images"), list) and meta["images"]:
+        image = meta["images"][0]
+    elif "prompt" in meta:
+        image = meta
+    else:
+        raise MetadataError("sd-metadata has no image entry")
+    text = _one_line_text(_repack_prompt(image.get("prompt", "")))
+    if "negative_prompt" in image:  # ours: the negative is explicit, so unfold it exactly
+        negative = _one_line_text(str(image["negative_prompt"] or ""))
+        suffix = f" [{negative}]"
+        if not negative:
+            prompt = text
+        elif text.endswith(suffix):
+            prompt = text[: -len(suffix)]
+        else:
+            prompt = split_negative(text)[0]
+    else:
+        prompt, negative = split_negative(text)
+    init_img = image.get("init_image_path") or image.get("init_img") or None
+    strength = image.get("strength", image.get("strength_steps"))
+    is_img2img = image.get("type") == "img2img" or init_img is not None
+    model = meta.get("model_id") or None
+    fields: dict[str, Any] = {
+        "prompt": prompt,
+        "negative": negative,
+        "seed": _opt_int(image.get("seed")),
+        "with_variations": _variations(image.get("variations")),
+        "variation_amount": float(image.get("variation_amount", 0.0) or 0.0),
+        "sampler": _sampler(image.get("sampler", image.get("sampler_name"))),
+        "width": _opt_int(image.get("width")),
+        "height": _opt_int(image.get("height")),
+        "fit": bool(image.get("fit", False)),
+        "init_img": _opt_text(init_img),
+        # 2.x lost the init path (a missing comma in its writer) but kept the strength: keep it for the user to
+        # add -I to; a strength without -I is a valid, editable line
+        "strength": float(strength) if is_img2img and strength is not None else None,
+        "model": _opt_text(model),
+    }
+    if image.get("steps") is not None:
+        fields["steps"] = int(image["steps"])
+    if image.get("cfg_scale") is not None:
+        fields["cfg_scale"] = float(image["cfg_scale"])
+    return _build("sd-metadata", **fields)
+
+
+def request_from_dream(line: str) -> Request:
+    """A ``Dream`` line: the command in the legacy dialect (ours or InvokeAI 2.x's; the parser takes ``[negative]``
+    out of the prompt itself). InvokeAI 2.x-only switches (face restoration, upscaling…) are refused by the parser,
+    and the next chunk is tried."""
+    from invoke_repl.commands import parse
+
+    parsed = parse(_one_line_text(line), "legacy")
+    if not isinstance(parsed, Request):
+        raise MetadataError("Dream is not a generation command")
+    return parsed
+
+
+def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
+    """Split A1111 ``parameters`` into (prompt, negative prompt, settings), the way A1111's own parser does.
+
+    The last line holds the settings when it has at least three ``Key: value`` pairs; earlier lines are the prompt
+    until a line starting with ``Negative prompt:``, after which they are the negative prompt. Quoted values are
+    JSON strings.
+    """
+    lines = text.strip("\n").split("\n")
+    settings_line = lines[-1] if lines else ""
+    if len(_PARAM_RE.findall(settings_line)) >= 3:
+        lines = lines[:-1]
+    else:
+        settings_line = ""
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    in_negative = False
+    for line in lines:
+        if not in_negative and line.startswith(NEGATIVE_LABEL):
+            in_negative = True
+            line = line[len(NEGATIVE_LABEL) :].strip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    settings: dict[str, str] = {}
+    for key, value in _PARAM_RE.findall(settings_line):
+        value = value.strip()
+        if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+            value = json.loads(value)
+        settings[key.strip()] = value
+    return "\n".join(prompt_lines), "\n".join(negative_lines), settings
+
+
+def request_from_parameters(text: str) -> Request:
+    """An AUTOMATIC1111 ``parameters`` chunk (ours or A1111's) as a Request."""
+    prompt, negative, s = parse_parameters(text)
+    if "Steps" not in s and "Seed" not in s:
+        raise MetadataError("parameters has no Steps/Seed settings line")
+    sampler = _sampler(s.get("Sampler"))
+    if s.get("Schedule type", "").lower() == "karras" and f"{sampler}_karras" in SAMPLERS:
+        sampler = f"{sampler}_karras"
+    width = height = None
+    if "Size" in s:
+        w, _, h = s["Size"].lower().partition("x")
+        width, height = int(w), int(h)
+    variations: tuple[tuple[int, float], ...] = ()
+    if "Variations" in s:
+        variations = _variations(s["Variations"])
+    elif "Variation seed" in s:
+        variations = ((int(s["Variation seed"]), float(s.get("Variation seed strength", "0"))),)
+    strength = s.get("Denoising strength")
+    if any(key.startswith("Hires") for key in s):
+        strength = None  # A1111's hires fix also writes a denoising strength, for its second pass: not img2img
+    fields: dict[str, Any] = {
+        "prompt": _one_line_text(prompt),
+        "negative": _one_line_text(negative),
+        "sampler": sampler,
+        "strength": float(strength) if strength is not None else None,
+        "width": width,
+        "height": height,
+        "with_variations": variations,
+        "model": _one_line_text(s.get("Model", "")) or None,
+    }
+    if "Steps" in s:
+        fields["steps"] = int(s["Steps"])
+    if "Seed" in s:
+        fields["seed"] = int(s["Seed"])
+    if "CFG scale" in s:
+        cfg = float(s["CFG scale"])
+        if not math.isfinite(cfg):
+            raise MetadataError(f"CFG scale is not a number: {s['CFG scale']}")
+        fields["cfg_scale"] = cfg
+    return _build("parameters", **fields)

@@ -1,0 +1,493 @@
+"""PNG metadata: every field written and read back through each of the three chunks, foreign files read.
+
+Images are tiny PIL images made here; nothing imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from invoke_repl import metadata, outputs
+from invoke_repl.metadata import (
+    A1111_TO_SAMPLER,
+    SAMPLER_TO_A1111,
+    MetadataError,
+    parse_parameters,
+    request_from_chunks,
+    request_from_dream,
+    request_from_parameters,
+    request_from_sd_metadata,
+    text_chunks,
+)
+from invoke_repl.outputs import OutputError, read_request, save_image
+from invoke_repl.request import SAMPLERS, Request
+from invoke_repl.results import GeneratedImage
+
+MODEL_HASH = "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa"
+
+
+def generated(request: Request, size: int = 8) -> GeneratedImage:
+    image = Image.new("RGB", (size, size), (200, 30, 10))
+    return GeneratedImage(image=image, request=request, steps_taken=request.steps_taken)
+
+
+TXT2IMG = Request(
+    prompt="fire",
+    steps=10,
+    seed=1592514025,
+    sampler="k_lms",
+    width=384,
+    height=384,
+    cfg_scale=7.5,
+    model="tiny-random",
+)
+IMG2IMG = Request(
+    prompt="a dragon's lair, (glowing)++ embers",
+    negative="blurry, [text]",
+    steps=10,
+    seed=1592514025,
+    strength=0.7,
+    init_img="inputs/fire image.png",
+    sampler="k_dpmpp_2_karras",
+    width=64,
+    height=48,
+    cfg_scale=9.0,
+    with_variations=((12345, 0.25), (678, 0.5)),
+    fit=True,
+    model="tiny-random",
+)
+UNICODE = Request(
+    prompt="富士山の夕焼け, café — «ünïcödé» 🐉",
+    negative="ぼやけた",
+    steps=12,
+    seed=7,
+    sampler="k_euler_a",
+    width=16,
+    height=16,
+    with_variations=((99, 0.1),),
+    model="модель",
+)
+CASES = [TXT2IMG, IMG2IMG, UNICODE]
+
+
+def save(tmp_path: Path, request: Request) -> Path:
+    return save_image(tmp_path, 1, generated(request), model_hash=MODEL_HASH, app_version="9.9.9")
+
+
+def chunk_types(path: Path) -> dict[str, str]:
+    """keyword → PNG chunk type (tEXt / iTXt / zTXt), read from the raw file."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    found: dict[str, str] = {}
+    pos = 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        ctype = data[pos + 4 : pos + 8].decode("ascii")
+        body = data[pos + 8 : pos + 8 + length]
+        if ctype in ("tEXt", "iTXt", "zTXt"):
+            found[body.split(b"\0", 1)[0].decode("latin-1")] = ctype
+        pos += 12 + length
+    return found
+
+
+def png_with(tmp_path: Path, name: str, chunks: dict[str, str]) -> Path:
+    info = PngInfo()
+    for key, value in chunks.items():
+        info.add_text(key, value)
+    path = tmp_path / name
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("request_", CASES, ids=["txt2img", "img2img", "unicode"])
+def test_file_round_trip_every_field(tmp_path: Path, request_: Request) -> None:
+    path = save(tmp_path, request_)
+    assert read_request(path) == request_
+
+
+@pytest.mark.parametrize("request_", CASES, ids=["txt2img", "img2img", "unicode"])
+def test_each_chunk_alone_reads_back(request_: Request) -> None:
+    chunks = text_chunks(generated(request_), model_hash=MODEL_HASH, app_version="1.0")
+    assert request_from_chunks({"sd-metadata": chunks["sd-metadata"]}) == request_
+    assert request_from_chunks({"Dream": chunks["Dream"]}) == request_
+    # A1111 has no place for the init path or --fit; everything else comes back
+    from_parameters = request_from_chunks({"parameters": chunks["parameters"]})
+    assert from_parameters == request_.replace(init_img=None, fit=False)
+
+
+def test_chunk_types_ascii_text_unicode_itxt(tmp_path: Path) -> None:
+    ascii_path = save(tmp_path, TXT2IMG)
+    assert chunk_types(ascii_path) == {"Dream": "tEXt", "sd-metadata": "tEXt", "parameters": "tEXt"}
+    uni = save(tmp_path, UNICODE)
+    # the JSON is ASCII-escaped as InvokeAI 2.x wrote it; the other two carry the text itself, as UTF-8
+    assert chunk_types(uni) == {"Dream": "iTXt", "sd-metadata": "tEXt", "parameters": "iTXt"}
+    with Image.open(uni) as im:
+        assert im.info["parameters"].startswith(UNICODE.prompt + "\n")
+
+
+def test_sd_metadata_shape_txt2img() -> None:
+    meta = json.loads(text_chunks(generated(TXT2IMG), model_hash=MODEL_HASH, app_version="1.2.3")["sd-metadata"])
+    assert {k: meta[k] for k in ("model", "model_id", "model_hash", "app_id", "app_version")} == {
+        "model": "stable diffusion",
+        "model_id": "tiny-random",
+        "model_hash": MODEL_HASH,
+        "app_id": "invoke-repl",
+        "app_version": "1.2.3",
+    }
+    image = meta["image"]
+    assert image["type"] == "txt2img"
+    assert image["prompt"] == [{"prompt": "fire", "weight": 1.0}]
+    assert (image["seed"], image["steps"], image["cfg_scale"], image["width"], image["height"]) == (
+        1592514025,
+        10,
+        7.5,
+        384,
+        384,
+    )
+    assert image["sampler"] == "k_lms"
+    assert image["variations"] == []
+    assert image["steps_taken"] == 10
+    assert "strength" not in image and "init_image_path" not in image
+
+
+def test_sd_metadata_shape_img2img() -> None:
+    g = generated(IMG2IMG)
+    image = json.loads(text_chunks(g, model_hash=MODEL_HASH, app_version="1")["sd-metadata"])["image"]
+    assert image["type"] == "img2img"
+    assert image["strength"] == 0.7
+    assert image["init_image_path"] == image["init_img"] == "inputs/fire image.png"
+    assert image["steps_taken"] == 7  # ⌊10 × 0.7⌋
+    assert image["variations"] == [{"seed": 12345, "weight": 0.25}, {"seed": 678, "weight": 0.5}]
+    # 2.x readers see the negative in their own bracket syntax; ours reads the explicit key
+    assert image["prompt"] == [{"prompt": "a dragon's lair, (glowing)++ embers [blurry, [text]]", "weight": 1.0}]
+    assert image["negative_prompt"] == "blurry, [text]"
+    assert image["fit"] is True
+
+
+def test_dream_is_the_legacy_line() -> None:
+    from invoke_repl.commands import legacy_line, parse
+
+    dream = text_chunks(generated(IMG2IMG), model_hash="", app_version="1")["Dream"]
+    assert dream == legacy_line(IMG2IMG)
+    assert parse(dream, "legacy") == IMG2IMG
+
+
+# ---------------------------------------------------------------------------------- A1111 `parameters`
+A1111_SETTINGS = re.compile(
+    r"^Steps: (\d+), Sampler: ([^,]+), CFG scale: ([0-9.]+), Seed: (\d+), Size: (\d+)x(\d+), "
+    r"Model hash: ([0-9a-f]{10}), Model: ([^,]+)(?:, Denoising strength: ([0-9.]+))?"
+)
+
+
+def test_parameters_txt2img_format() -> None:
+    text = text_chunks(generated(TXT2IMG), model_hash=MODEL_HASH, app_version="1")["parameters"]
+    lines = text.split("\n")
+    assert lines[0] == "fire"
+    assert lines[1] == "Negative prompt: "  # present even when empty
+    assert lines[2] == (
+        "Steps: 10, Sampler: LMS, CFG scale: 7.5, Seed: 1592514025, Size: 384x384, "
+        "Model hash: 6ce0161689, Model: tiny-random"
+    )
+    assert A1111_SETTINGS.match(lines[2])
+
+
+def test_parameters_img2img_format() -> None:
+    text = text_chunks(generated(IMG2IMG), model_hash=MODEL_HASH, app_version="1")["parameters"]
+    prompt_line, negative_line, settings_line = text.split("\n")
+    assert prompt_line == IMG2IMG.prompt
+    assert negative_line == "Negative prompt: blurry, [text]"
+    match = A1111_SETTINGS.match(settings_line)
+    assert match is not None
+    assert match.groups() == (
+        "10",
+        "DPM++ 2M Karras",
+        "9.0",
+        "1592514025",
+        "64",
+        "48",
+        "6ce0161689",
+        "tiny-random",
+        "0.7",
+    )
+    prompt, negative, settings = parse_parameters(text)
+    assert (prompt, negative) == (IMG2IMG.prompt, IMG2IMG.negative)
+    assert settings["Variations"] == "12345:0.25,678:0.5"
+
+
+def test_parameters_single_variation_uses_a1111_keys() -> None:
+    text = text_chunks(generated(UNICODE), model_hash=MODEL_HASH, app_version="1")["parameters"]
+    settings = parse_parameters(text)[2]
+    assert (settings["Variation seed"], settings["Variation seed strength"]) == ("99", "0.1")
+    assert settings["Model"] == "модель"
+
+
+def test_parameters_without_hash_or_model() -> None:
+    request = TXT2IMG.replace(model=None)
+    text = text_chunks(generated(request), model_hash="", app_version="1")["parameters"]
+    assert "Model hash" not in text and "Model:" not in text
+    assert request_from_parameters(text) == request
+
+
+def test_sampler_names_map_both_ways() -> None:
+    assert set(SAMPLER_TO_A1111) == set(SAMPLERS)
+    assert len(set(SAMPLER_TO_A1111.values())) == len(SAMPLERS)
+    for ours, theirs in SAMPLER_TO_A1111.items():
+        assert A1111_TO_SAMPLER[theirs.lower()] == ours
+        request = TXT2IMG.replace(sampler=ours)
+        text = text_chunks(generated(request), model_hash="", app_version="1")["parameters"]
+        assert f"Sampler: {theirs}," in text
+        assert request_from_parameters(text).sampler == ours
+
+
+def test_model_name_with_comma_is_quoted() -> None:
+    request = TXT2IMG.replace(model="sd, v1: pruned")
+    text = text_chunks(generated(request), model_hash="", app_version="1")["parameters"]
+    assert 'Model: "sd, v1: pruned"' in text
+    assert request_from_parameters(text).model == "sd, v1: pruned"
+
+
+# ------------------------------------------------------------------------------------ foreign PNGs
+def test_reads_invokeai_2x_png(tmp_path: Path) -> None:
+    """Dream + sd-metadata exactly as InvokeAI 2.3's metadata_dumps / normalized prompt wrote them."""
+    sd_meta = {
+        "model": "stable diffusion",
+        "model_id": "stable-diffusion-1.5",
+        "model_hash": "cc6cb27103417325ff94f52b7a5d2dde45a7515b25c255d8e396c90014281516",
+        "app_id": "invoke-ai/InvokeAI",
+        "app_version": "2.3.5",
+        "image": {
+            "prompt": [{"prompt": "a castle on a hill [fog, blurry]", "weight": 1.0}],
+            "steps": 30,
+            "cfg_scale": 8.0,
+            "threshold": 0,
+            "perlin": 0,
+            "height": 384,
+            "width": 512,
+            "seed": 42,
+            "seamless": False,
+            "hires_fix": False,
+            "type": "img2img",
+            "postprocessing": None,
+            "sampler": "k_euler_a",
+            "variations": [{"seed": 1001, "weight": 0.1}],
+            "strength_steps": 0.6,
+            "orig_hash": "5d41402abc4b2a76b9719d911017c592",
+            "inpaint_replace": 0,
+        },
+    }
+    dream = '"a castle on a hill [fog, blurry]" -s 30 -S 42 -W 512 -H 384 -C 8.0 -A k_euler_a -V 1001:0.1 -f 0.6'
+    path = png_with(tmp_path, "000012.42.png", {"Dream": dream, "sd-metadata": json.dumps(sd_meta)})
+    expected = Request(
+        prompt="a castle on a hill",
+        negative="fog, blurry",
+        steps=30,
+        seed=42,
+        strength=0.6,  # 2.x's writer dropped the init path; the strength stays for the user to add -I
+        sampler="k_euler_a",
+        width=512,
+        height=384,
+        cfg_scale=8.0,
+        with_variations=((1001, 0.1),),
+        model="stable-diffusion-1.5",
+    )
+    assert read_request(path) == expected
+    # the Dream line alone, as 2.x's !fetch would use it
+    assert request_from_dream(dream) == expected.replace(model=None)
+
+
+def test_reads_invokeai_2x_grid_and_old_flat_layouts() -> None:
+    image = {"prompt": [{"prompt": "a cat", "weight": 1.0}], "seed": 5, "steps": 20, "cfg_scale": 7.5,
+             "width": 512, "height": 512, "sampler": "ddim", "variations": [], "type": "txt2img"}  # fmt: skip
+    grid = {"model": "stable diffusion", "model_id": "sd", "images": [image, {**image, "seed": 6}]}
+    assert request_from_sd_metadata(grid) == Request(
+        prompt="a cat", seed=5, steps=20, width=512, height=512, sampler="ddim", model="sd"
+    )
+    flat = {**image, "prompt": "a cat", "sampler_name": "k_heun", "variations": "3:0.5"}
+    del flat["sampler"]
+    assert request_from_sd_metadata(flat) == Request(
+        prompt="a cat", seed=5, steps=20, width=512, height=512, sampler="k_heun", with_variations=((3, 0.5),)
+    )
+
+
+def test_2x_weighted_subprompts_become_a_blend() -> None:
+    meta = {"image": {"prompt": [{"prompt": "a cat", "weight": 0.5}, {"prompt": "a dog", "weight": 1.5}], "seed": 1}}
+    assert request_from_sd_metadata(meta).prompt == '("a cat", "a dog").blend(0.5, 1.5)'
+
+
+def test_reads_a1111_png(tmp_path: Path) -> None:
+    parameters = (
+        "masterpiece, a cat sitting on a (red:1.2) chair\n"
+        "wearing a hat\n"
+        "Negative prompt: lowres, blurry\n"
+        "bad hands\n"
+        "Steps: 28, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 3141592653, Size: 512x768, Model hash: 6ce0161689, "
+        'Model: v1-5-pruned-emaonly, Denoising strength: 0.55, Lora hashes: "add_detail: 7c6bad76eb54", '
+        "Version: v1.6.0"
+    )
+    path = png_with(tmp_path, "00001-3141592653.png", {"parameters": parameters})
+    assert read_request(path) == Request(
+        prompt="masterpiece, a cat sitting on a (red:1.2) chair wearing a hat",
+        negative="lowres, blurry bad hands",
+        steps=28,
+        seed=3141592653,
+        strength=0.55,
+        sampler="k_dpmpp_2_karras",
+        width=512,
+        height=768,
+        cfg_scale=7.0,
+        model="v1-5-pruned-emaonly",
+    )
+
+
+def test_a1111_schedule_type_hires_and_unknown_sampler() -> None:
+    newer = "a cat\nSteps: 20, Sampler: Euler, Schedule type: Karras, CFG scale: 5, Seed: 1, Size: 512x512"
+    request = request_from_parameters(newer)
+    assert (request.sampler, request.negative, request.strength) == ("k_euler_karras", "", None)
+    hires = "a cat\nSteps: 20, Sampler: UniPC, CFG scale: 5, Seed: 1, Size: 512x512, Denoising strength: 0.4, " + (
+        "Hires upscale: 2, Hires upscaler: Latent"
+    )
+    request = request_from_parameters(hires)
+    assert request.strength is None  # hires fix's second-pass strength is not img2img
+    assert request.sampler == "k_lms"  # unknown sampler: the default, left for the user to edit
+
+
+def test_preference_sd_metadata_then_dream_then_parameters() -> None:
+    chunks = text_chunks(generated(IMG2IMG), model_hash=MODEL_HASH, app_version="1")
+    other = text_chunks(generated(TXT2IMG), model_hash=MODEL_HASH, app_version="1")
+    assert request_from_chunks({**chunks, "Dream": other["Dream"], "parameters": other["parameters"]}) == IMG2IMG
+    assert request_from_chunks({"Dream": chunks["Dream"], "parameters": other["parameters"]}) == IMG2IMG
+    # a malformed preferred chunk falls through to the next one
+    assert request_from_chunks({"sd-metadata": "{not json", "Dream": chunks["Dream"]}) == IMG2IMG
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def test_not_a_png_is_one_line_error(tmp_path: Path) -> None:
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("hello")
+    jpeg = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 8)).save(jpeg)
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(save(tmp_path, TXT2IMG).read_bytes()[:40])
+    for path in (text_file, jpeg, truncated, tmp_path / "missing.png"):
+        with pytest.raises(MetadataError) as info:
+            read_request(path)
+        assert isinstance(info.value, OutputError) and isinstance(info.value, ValueError)
+        assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_png_without_metadata(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.png"
+    Image.new("RGB", (8, 8)).save(bare)
+    with pytest.raises(MetadataError, match="no generation metadata"):
+        read_request(bare)
+    odd = png_with(tmp_path, "odd.png", {"sd-metadata": "[1, 2]", "parameters": "just a prompt"})
+    with pytest.raises(MetadataError, match="unusable sd-metadata") as info:
+        read_request(odd)
+    assert "\n" not in str(info.value)
+
+
+def test_invalid_values_are_reported_not_crashing() -> None:
+    meta = {"image": {"prompt": "x", "seed": 1, "steps": 0}}
+    with pytest.raises(MetadataError, match="steps"):
+        request_from_chunks({"sd-metadata": json.dumps(meta)})
+
+
+def test_paths_in_metadata_are_only_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An init path from a file is never opened, checked or run: it just comes back as text."""
+    request = IMG2IMG.replace(init_img="../../etc/shadow; rm -rf ~ $(reboot).png")
+    path = save(tmp_path, request)
+    opened: list[str] = []
+    real_open = Image.open
+
+    def spy(fp: object, *args: object, **kwargs: object) -> Image.Image:
+        opened.append(str(fp))
+        return real_open(fp, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image, "open", spy)
+    assert read_request(path).init_img == request.init_img
+    assert opened == [str(path)]
+
+
+def test_multiline_foreign_prompt_becomes_one_line() -> None:
+    meta = {"image": {"prompt": [{"prompt": "a\ncat\x07 [ugly\r\nthing]", "weight": 1.0}], "seed": 3}}
+    request = request_from_sd_metadata(meta)
+    assert (request.prompt, request.negative) == ("a cat", "ugly thing")
+
+
+# ----------------------------------------------------------------------------------------- property
+_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prompt=_text,
+    negative=_text,
+    seed=st.integers(0, 2**32 - 1),
+    steps=st.integers(1, 1000),
+    cfg=st.floats(0, 100, allow_nan=False),
+    strength=st.none() | st.floats(0, 1),
+    sampler=st.sampled_from(SAMPLERS),
+    variations=st.lists(st.tuples(st.integers(0, 2**32 - 1), st.floats(0, 1)), max_size=3).map(tuple),
+)
+def test_round_trip_property(
+    prompt: str,
+    negative: str,
+    seed: int,
+    steps: int,
+    cfg: float,
+    strength: float | None,
+    sampler: str,
+    variations: tuple[tuple[int, float], ...],
+) -> None:
+    request = Request(
+        prompt=prompt,
+        negative=negative,
+        seed=seed,
+        steps=steps,
+        cfg_scale=cfg,
+        strength=strength,
+        init_img="in.png" if strength is not None else None,
+        sampler=sampler,
+        width=64,
+        height=64,
+        with_variations=variations,
+        model="m",
+    )
+    chunks = text_chunks(generated(request), model_hash=MODEL_HASH, app_version="1")
+    assert request_from_chunks({"sd-metadata": chunks["sd-metadata"]}) == request
+    assert request_from_chunks({"Dream": chunks["Dream"]}) == request
+    # A1111's layout splits on newlines and strips around the prompt lines; ours never contain newlines
+    if prompt == prompt.strip() and negative == negative.strip() and not prompt.startswith("Negative prompt:"):
+        back = request_from_chunks({"parameters": chunks["parameters"]})
+        assert back == request.replace(init_img=None)
+
+
+def test_crc_of_written_chunks_is_valid(tmp_path: Path) -> None:
+    """A checksum-verifying reader (not just Pillow) accepts every chunk we write."""
+    data = save(tmp_path, UNICODE).read_bytes()
+    pos = 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        body = data[pos + 4 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert zlib.crc32(body) == crc
+        pos += 12 + length
+
+
+def test_outputs_reexports() -> None:
+    assert outputs.read_request is metadata.read_request
+    assert outputs.OutputError is metadata.OutputError
