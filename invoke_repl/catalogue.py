@@ -1,0 +1,395 @@
+"""The model catalogue (`models.yaml`): which models exist, where their files are and how to read them.
+
+Kept free of torch so the REPL can list and complete model names before anything heavy is imported.
+
+Format: a mapping of model name → entry::
+
+    my-model:
+      description: what it is
+      format: diffusers | checkpoint | builtin
+      path: folder, .safetensors/.ckpt file, or a builtin recipe name
+      config: sd-1 | sd-2 | sd-2-v | a local diffusers config folder   (optional; detected when left out)
+      vae: a VAE folder or single file                                 (optional)
+      width: 512                                                       (optional native size)
+      height: 512
+      default: true                                                    (at most one entry)
+
+Which file is the catalogue: `--models FILE`, else `./models.yaml`, else the user's
+`$XDG_CONFIG_HOME/invoke-repl/models.yaml`, else the shipped one (read-only: the installed package is never
+written). Edits go to the user's file; when there is none yet it is created, seeded with the shipped entries.
+Relative paths resolve against the folder of the file they are written in, except in the shipped catalogue, where
+they resolve against the repository/site-packages folder so the same text works in a checkout and in a wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from invoke_repl import paths
+
+FORMATS = ("diffusers", "checkpoint", "builtin")
+FAMILIES = ("sd-1", "sd-2", "sd-2-v")
+FIELDS = ("description", "format", "path", "config", "vae", "width", "height", "default")
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+BUILTIN_RECIPES = ("tiny-random",)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]*$")
+
+
+class ModelError(Exception):
+    """Anything wrong with a model or the catalogue, said in one line the REPL can print as it is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+def user_config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "invoke-repl"
+
+
+def user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "invoke-repl"
+
+
+def user_catalogue_path() -> Path:
+    return user_config_dir() / "models.yaml"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One catalogue entry with its paths resolved; `raw` keeps the text as written for saving back."""
+
+    name: str
+    format: str
+    path: Path | None
+    config: str | Path | None = None  # a family name or a resolved config folder
+    vae: Path | None = None
+    width: int | None = None
+    height: int | None = None
+    default: bool = False
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    base: Path = field(default=Path("."), compare=False)
+
+    @property
+    def family(self) -> str | None:
+        """The family the catalogue names, if it names one (a config folder is not a family)."""
+        return self.config if isinstance(self.config, str) else None
+
+    def files_present(self) -> bool:
+        """Whether the weights are where the entry says (builtin recipes have no files)."""
+        if self.format == "builtin":
+            return True
+        if self.path is None:
+            return False
+        if self.format == "diffusers":  # a folder still being written (say, by a training run) has no unet/ yet
+            return (self.path / "unet").is_dir()
+        return self.path.is_file()
+
+    def to_yaml(self, target_dir: Path) -> dict[str, Any]:
+        """The entry as it should be written into a catalogue living in `target_dir`."""
+        out: dict[str, Any] = {}
+        for key in FIELDS:
+            if key not in self.raw or self.raw[key] is None:
+                continue
+            value = self.raw[key]
+            if key in ("path", "config", "vae") and not (self.format == "builtin" and key == "path"):
+                if not (key == "config" and value in FAMILIES):
+                    value = _rebase(str(value), self.base, target_dir)
+            out[key] = value
+        return out
+
+
+def _rebase(text: str, base: Path, target_dir: Path) -> str:
+    """Keep a relative path relative only when the file it is written in resolves it the same way."""
+    expanded = Path(os.path.expanduser(text))
+    if expanded.is_absolute():
+        return text
+    if base.resolve() == target_dir.resolve():
+        return text
+    return str((base / expanded).resolve())
+
+
+def parse_entry(name: Any, data: Any, base: Path, where: str) -> ModelEntry:
+    """Validate one entry; every problem becomes a ModelError naming the file, the entry and the field."""
+
+    def bad(problem: str) -> ModelError:
+        return ModelError(f"{where}: entry {name!r}: {problem}")
+
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ModelError(
+            f"{where}: entry {name!r}: a model name is one word of letters, digits and . _ + @ - "
+            "(so it can be typed after !switch and --model)"
+        )
+    if not isinstance(data, dict):
+        raise bad(f"expected a mapping of fields ({', '.join(FIELDS)}), got {type(data).__name__}")
+    unknown = sorted(str(k) for k in data if k not in FIELDS)
+    if unknown:
+        raise bad(f"unknown field {unknown[0]!r} (fields: {', '.join(FIELDS)})")
+    fmt = data.get("format")
+    if fmt not in FORMATS:
+        raise bad(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    raw_path = data.get("path")
+    if fmt == "builtin":
+        if raw_path is None and name not in BUILTIN_RECIPES:
+            raise bad(f"a builtin entry needs path: one of {', '.join(BUILTIN_RECIPES)}")
+        raw_path = raw_path if raw_path is not None else name
+        if raw_path not in BUILTIN_RECIPES:
+            raise bad(f"unknown builtin recipe {raw_path!r} (known: {', '.join(BUILTIN_RECIPES)})")
+        path = None
+    else:
+        if not isinstance(raw_path, str) or not raw_path.strip():
+            raise bad(f"a {fmt} entry needs a path")
+        path = _resolve(raw_path, base)
+        if fmt == "checkpoint" and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise bad(f"a checkpoint path must end in one of {', '.join(CHECKPOINT_SUFFIXES)}: {raw_path}")
+    raw_config = data.get("config")
+    config: str | Path | None
+    if raw_config is None:
+        config = None
+    elif not isinstance(raw_config, str) or not raw_config.strip():
+        raise bad(f"config must be a family ({', '.join(FAMILIES)}) or a config folder, got {raw_config!r}")
+    elif raw_config in FAMILIES:
+        config = raw_config
+    else:
+        config = _resolve(raw_config, base)
+    raw_vae = data.get("vae")
+    if raw_vae is not None and (not isinstance(raw_vae, str) or not raw_vae.strip()):
+        raise bad(f"vae must be a path, got {raw_vae!r}")
+    vae = _resolve(raw_vae, base) if raw_vae else None
+    sizes: dict[str, int | None] = {}
+    for key in ("width", "height"):
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 8):
+            raise bad(f"{key} must be a positive multiple of 8, got {value!r}")
+        sizes[key] = value
+    default = data.get("default", False)
+    if not isinstance(default, bool):
+        raise bad(f"default must be true or false, got {default!r}")
+    description = data.get("description", "")
+    if description is None:
+        description = ""
+    if not isinstance(description, (str, int, float)):
+        raise bad(f"description must be text, got {type(description).__name__}")
+    raw = {k: data[k] for k in FIELDS if k in data}
+    return ModelEntry(
+        name=name,
+        format=fmt,
+        path=path,
+        config=config,
+        vae=vae,
+        width=sizes["width"],
+        height=sizes["height"],
+        default=default,
+        description=str(description),
+        raw=raw,
+        base=base,
+    )
+
+
+def _resolve(text: str, base: Path) -> Path:
+    path = Path(os.path.expanduser(text))
+    return path if path.is_absolute() else (base / path)
+
+
+class Catalogue:
+    """The entries of one `models.yaml`, and where edits to them are written.
+
+    Built by `Catalogue.find()` (the search order) or `Catalogue.load(path)`. Editing methods write the whole file
+    again atomically (temporary file in the same folder + os.replace), so a crash or a full disk never leaves a
+    half-written catalogue, and never write the shipped file.
+    """
+
+    def __init__(self, entries: dict[str, ModelEntry], source: Path | None, *, writable: Path) -> None:
+        self.entries = entries
+        self.source = source
+        self.writable = writable
+
+    # ------------------------------------------------------------------------------------------ reading
+    @classmethod
+    def find(cls, models_file: str | Path | None = None, *, cwd: Path | None = None) -> Catalogue:
+        """`--models FILE`, then ./models.yaml, then the user config folder, then the shipped defaults."""
+        if models_file is not None:
+            path = Path(models_file).expanduser()
+            if not path.is_file():
+                raise ModelError(f"--models {models_file}: no such file")
+            return cls.load(path)
+        here = (cwd or Path.cwd()) / "models.yaml"
+        user = user_catalogue_path()
+        for candidate in (here, user):
+            if candidate.is_file():
+                return cls.load(candidate)
+        return cls.load(paths.shipped_catalogue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Catalogue:
+        path = Path(path)
+        shipped = _is_shipped(path)
+        base = paths.REPO_DIR if shipped else path.resolve().parent
+        entries = read_entries(path, base)
+        # The shipped file is read-only: edits made while it is the catalogue go to the user's own file.
+        writable = user_catalogue_path() if shipped else path
+        return cls(entries, path, writable=writable)
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def get(self, name: str) -> ModelEntry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            known = ", ".join(self.entries) or "none"
+            raise ModelError(f"no model named {name!r} in the catalogue (known: {known})") from None
+
+    def default_name(self) -> tuple[str, str | None]:
+        """(name, notice): the default entry, or the first usable one when the default's files are missing."""
+        if not self.entries:
+            raise ModelError(f"the model catalogue {self.source} has no entries")
+        marked = next((e for e in self.entries.values() if e.default), None)
+        first = marked or next(iter(self.entries.values()))
+        if first.files_present():
+            return first.name, None
+        fallback = next((e for e in self.entries.values() if e.files_present()), None)
+        if fallback is None:
+            raise ModelError(f"no model in {self.source} has its files present (checked {', '.join(self.entries)})")
+        return fallback.name, f"model {first.name!r} is missing ({first.path}); using {fallback.name!r} instead"
+
+    # ------------------------------------------------------------------------------------------ writing
+    def add(self, name: str, fields: dict[str, Any], *, base: Path | None = None) -> ModelEntry:
+        if name in self.entries:
+            raise ModelError(f"a model named {name!r} is already in the catalogue (pick another with --name)")
+        entry = parse_entry(name, fields, base or self.writable.parent, str(self.writable))
+        entries = dict(self.entries)
+        entries[name] = entry
+        self._commit(_one_default(entries, name if entry.default else None))
+        return self.entries[name]
+
+    def update(self, name: str, fields: dict[str, Any]) -> ModelEntry:
+        old = self.get(name)
+        raw = old.to_yaml(self.writable.parent)
+        for key, value in fields.items():
+            if key not in FIELDS:
+                raise ModelError(f"entry {name!r}: unknown field {key!r} (fields: {', '.join(FIELDS)})")
+            if value is None or value == "":
+                raw.pop(key, None)
+            else:
+                raw[key] = coerce_field(key, value)
+        entry = parse_entry(name, raw, self.writable.parent, str(self.writable))
+        entries = dict(self.entries)
+        entries[name] = entry
+        self._commit(_one_default(entries, name if entry.default and not old.default else None))
+        return self.entries[name]
+
+    def remove(self, name: str) -> ModelEntry:
+        entry = self.get(name)
+        entries = {k: v for k, v in self.entries.items() if k != name}
+        self._commit(entries)
+        return entry
+
+    def _commit(self, entries: dict[str, ModelEntry]) -> None:
+        target = self.writable
+        if _is_shipped(target):  # belt and braces: never write into the package
+            target = user_catalogue_path()
+        target_dir = target.parent
+        data = {name: entry.to_yaml(target_dir) for name, entry in entries.items()}
+        write_atomic(target, _HEADER + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        # Re-read what was written so relative paths and validation are exactly what a restart would see.
+        self.entries = read_entries(target, target_dir.resolve())
+        self.source = target
+        self.writable = target
+
+
+_HEADER = "# invoke-repl model catalogue (written by !import_model / !edit_model / !del_model)\n"
+
+
+def coerce_field(key: str, value: Any) -> Any:
+    """`!edit_model NAME width=512 default=yes` hands over text; turn it into what the YAML holds."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if key in ("width", "height") and re.fullmatch(r"[+]?\d+", text):
+        return int(text)
+    if key == "default":
+        lowered = text.lower()
+        if lowered in ("true", "yes", "on", "1"):
+            return True
+        if lowered in ("false", "no", "off", "0"):
+            return False
+    return text
+
+
+def _one_default(entries: dict[str, ModelEntry], new_default: str | None) -> dict[str, ModelEntry]:
+    """When one entry becomes the default, the others stop being it."""
+    if new_default is None:
+        return entries
+    out = {}
+    for name, entry in entries.items():
+        if name != new_default and entry.default:
+            raw = dict(entry.raw)
+            raw.pop("default", None)
+            entry = replace(entry, default=False, raw=raw)
+        out[name] = entry
+    return out
+
+
+def _is_shipped(path: Path) -> bool:
+    try:
+        return path.resolve() == paths.shipped_catalogue().resolve()
+    except FileNotFoundError:
+        return False
+
+
+def read_entries(path: Path, base: Path) -> dict[str, ModelEntry]:
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelError(f"cannot read the model catalogue {where}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{where}: not UTF-8 text ({exc.reason})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ModelError(f"{where}: not valid YAML{at}: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ModelError(f"{where}: expected a mapping of model names to entries, got {type(data).__name__}")
+    entries = {}
+    for name, fields in data.items():
+        if isinstance(name, (int, float)) and not isinstance(name, bool):
+            name = str(name)  # `123:` is a fine model name even though YAML reads it as a number
+        entries[name] = parse_entry(name, fields, base, where)
+    defaults = [name for name, entry in entries.items() if entry.default]
+    if len(defaults) > 1:
+        raise ModelError(f"{where}: entries {defaults[0]!r} and {defaults[1]!r} are both marked default")
+    return entries
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and os.replace, so readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

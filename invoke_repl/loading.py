@@ -1,0 +1,719 @@
+"""Reading one catalogue entry into `Components`, fully offline and without running code from model files.
+
+- diffusers folders: each part through its class's `from_pretrained(folder, subfolder=…, local_files_only=True)`,
+  with fixed classes (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer): nothing a folder names
+  is imported or executed, whatever its model_index.json says.
+- single files (.safetensors, .ckpt): read once into a state dict (`.ckpt` only through
+  `torch.load(weights_only=True)`, so a pickle that would run code is refused), then each part built through
+  diffusers' `from_single_file` with `config=` a local diffusers config folder: `configs/sd-1`, `configs/sd-2`,
+  `configs/sd-2-v`, or a folder the catalogue names. diffusers would otherwise fetch configs from the hub.
+- the family (sd-1 / sd-2 / sd-2-v) comes from the weights (cross-attention width 768 vs 1024; v-prediction from a
+  sidecar LDM yaml or a "768" in the file name) unless the catalogue names it.
+
+Hashes are sha256 of the weight files, remembered in `$XDG_CACHE_HOME/invoke-repl/hashes.json` by (path, size,
+mtime) so a 2 GB checkpoint is read for hashing once, not at every start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import re
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from invoke_repl.builtin import SD1_SCHEDULER_CONFIG, build_tiny_random, load_clip_tokenizer, modules_sha256
+from invoke_repl.catalogue import FAMILIES, ModelEntry, ModelError, user_cache_dir, write_atomic
+from invoke_repl.components import Components
+from invoke_repl.paths import configs_dir
+
+if TYPE_CHECKING:
+    import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network; respect a caller's own setting
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+NATIVE_SIZE = {"sd-1": 512, "sd-2": 512, "sd-2-v": 768}
+UNET_PREFIX = "model.diffusion_model."
+_CROSS_ATTN_KEY = re.compile(r"^model\.diffusion_model\..*\.attn2\.to_k\.weight$")
+# Training-state classes that plain SD .ckpt files carry beside their weights (sd-v1-4.ckpt has a Lightning
+# ModelCheckpoint callback). torch's weights-only unpickler may rebuild them as inert stand-ins: no code of theirs
+# runs, and their contents are thrown away. Anything else outside torch's allowlist is refused.
+_INERT_GLOBALS = ("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",)
+
+BUILTIN_RECIPES: dict[str, Callable[[], Components]] = {"tiny-random": build_tiny_random}
+
+
+# ------------------------------------------------------------------------------------------ device and dtype
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` takes CUDA, then Apple's MPS, then the CPU; naming a device that is not there is an error."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("--device cuda: no CUDA device is available (try --device auto or cpu)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelError("--device mps: Apple's MPS is not available here (try --device auto or cpu)")
+    if device != "cpu" and not device.startswith(("cuda", "mps")):
+        raise ModelError(f"unknown device {device!r} (expected auto, cuda, mps or cpu)")
+    return torch.device(device)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """`auto` = float16 on CUDA (half the memory, same pictures), float32 elsewhere (CPU half is slow and lossy)."""
+    import torch
+
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        return table[precision]
+    except KeyError:
+        raise ModelError(f"unknown precision {precision!r} (expected auto, float32, float16 or bfloat16)") from None
+
+
+# ------------------------------------------------------------------------------------------ reading weights
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A single-file checkpoint as a flat state dict (plus `global_step` when the file has one).
+
+    `.safetensors` holds only tensors by construction. Anything else goes through torch's weights-only unpickler:
+    a file whose pickle would import or call anything outside plain tensors and containers is refused before any
+    of it runs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"no such checkpoint file: {path}")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as exc:  # SafetensorError, OSError: a truncated or foreign file
+            raise ModelError(f"cannot read {path.name}: not a valid .safetensors file ({_short(exc)})") from exc
+    data = _torch_load_weights_only(path)
+    if not isinstance(data, dict):
+        raise ModelError(f"cannot read {path.name}: expected a state dict, found {type(data).__name__}")
+    step = data.get("global_step")
+    while isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    tensors = {k: v for k, v in data.items() if _is_tensor(v)}
+    if not tensors:
+        raise ModelError(f"cannot read {path.name}: it holds no tensors")
+    if isinstance(step, int):
+        tensors["global_step"] = step
+    return tensors
+
+
+def _torch_load_weights_only(path: Path) -> Any:
+    import torch
+
+    stand_ins = [(type(name.rsplit(".", 1)[1], (_Inert,), {}), name) for name in _INERT_GLOBALS]
+    with torch.serialization.safe_globals(stand_ins), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "pickle protocol 4" notes on old files are noise here
+        try:
+            try:
+                return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc) and "zip" not in str(exc).lower():
+                    raise
+                return torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"GLOBAL [\w.]+|Unsupported operand \d+", str(exc))
+            detail = f" ({found.group(0).strip()})" if found else ""
+            raise ModelError(
+                f"refusing {path.name}: its pickle would run code to load{detail}; only plain tensors are read "
+                "from .ckpt files - convert it to .safetensors with a tool you trust"
+            ) from None
+        except Exception as exc:
+            raise ModelError(f"cannot read {path.name}: not a readable checkpoint ({_short(exc)})") from exc
+
+
+class _Inert:
+    """Stand-in for a training-state object in a checkpoint: accepts its state, keeps nothing, runs nothing."""
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def _is_tensor(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
+def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a checkpoint: from the header alone for .safetensors (no weights read)."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        except Exception as exc:
+            raise ModelError(f"cannot read {path.name}: not a valid .safetensors file ({_short(exc)})") from exc
+    return {k: tuple(v.shape) for k, v in read_checkpoint(path).items() if hasattr(v, "shape")}
+
+
+# ------------------------------------------------------------------------------------------ families
+def detect_checkpoint_family(shapes: dict[str, tuple[int, ...]], path: Path | None = None) -> str | None:
+    """sd-1 / sd-2 / sd-2-v from an LDM checkpoint's cross-attention width; None when it is neither 768 nor 1024.
+
+    v-prediction is invisible in the weights. Evidence used, in order: an LDM yaml beside the file (A1111's
+    convention: `model.params.parameterization: v`), then a "768" in the file name (v2-1_768-ema-pruned,
+    768-v-ema). Anything else counts as epsilon; the catalogue's `config:` overrides all of it.
+    """
+    width = None
+    for key, shape in shapes.items():
+        if _CROSS_ATTN_KEY.match(key) and len(shape) == 2:
+            width = shape[1]
+            break
+    if width is None:  # no UNet attention keys: fall back on which text encoder is inside
+        if any(k.startswith("cond_stage_model.transformer.") for k in shapes):
+            width = 768
+        elif any(k.startswith("cond_stage_model.model.") for k in shapes):
+            width = 1024
+    if width == 768:
+        return "sd-1"
+    if width != 1024:
+        return None
+    if path is not None:
+        parameterization = _sidecar_parameterization(Path(path))
+        if parameterization is not None:
+            return "sd-2-v" if parameterization == "v" else "sd-2"
+        if "768" in Path(path).stem:
+            return "sd-2-v"
+    return "sd-2"
+
+
+def _sidecar_parameterization(path: Path) -> str | None:
+    import yaml
+
+    for sidecar in (path.with_suffix(".yaml"), path.with_suffix(".yml")):
+        if sidecar.is_file():
+            try:
+                data = yaml.safe_load(sidecar.read_text(encoding="utf-8"))
+                return str(data["model"]["params"].get("parameterization", "eps"))
+            except Exception:
+                return None
+    return None
+
+
+def detect_folder_family(folder: Path) -> str:
+    """The conventions a diffusers folder follows: 1024-wide cross-attention or v-prediction mean SD 2.x."""
+    unet = _read_json(folder / "unet" / "config.json") or {}
+    scheduler = _read_json(folder / "scheduler" / "scheduler_config.json") or {}
+    v_pred = scheduler.get("prediction_type") == "v_prediction"
+    if unet.get("cross_attention_dim") == 1024 or v_pred:
+        return "sd-2-v" if v_pred else "sd-2"
+    return "sd-1"
+
+
+def family_config_dir(family: str) -> Path:
+    if family not in FAMILIES:
+        raise ModelError(f"unknown model family {family!r} (expected {', '.join(FAMILIES)})")
+    return configs_dir() / family
+
+
+def folder_native_size(folder: Path) -> tuple[int, int] | None:
+    """(width, height) from a diffusers (config) folder: UNet sample size × the VAE's downsampling factor."""
+    unet = _read_json(folder / "unet" / "config.json")
+    vae = _read_json(folder / "vae" / "config.json")
+    if not unet or not vae or "sample_size" not in unet:
+        return None
+    factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
+    sample = unet["sample_size"]
+    h, w = (sample, sample) if isinstance(sample, int) else sample
+    return int(w) * factor, int(h) * factor
+
+
+def checkpoint_plan(entry_config: str | Path | None, path: Path) -> tuple[str, Path]:
+    """(family, config folder) for a single-file checkpoint: the catalogue's word first, else the weights'."""
+    if isinstance(entry_config, Path):
+        if not (entry_config / "unet" / "config.json").is_file():
+            raise ModelError(f"config folder {entry_config} has no unet/config.json (is it a diffusers config folder?)")
+        return detect_folder_family(entry_config), entry_config
+    if entry_config is not None:
+        return entry_config, family_config_dir(entry_config)
+    family = detect_checkpoint_family(checkpoint_shapes(path), path)
+    if family is None:
+        raise ModelError(
+            f"cannot tell which model family {path.name} is (its cross-attention is neither 768 nor 1024 wide); "
+            "set config: to sd-1, sd-2, sd-2-v or a diffusers config folder"
+        )
+    return family, family_config_dir(family)
+
+
+# ------------------------------------------------------------------------------------------ loading
+def load_entry(entry: ModelEntry, hashes: HashCache | None = None, dtype: torch.dtype | None = None) -> Components:
+    """Build the entry's Components on the CPU, read straight into `dtype` (the manager moves them).
+
+    Reading into the target precision matters: a 2 GB half-precision checkpoint would take 4 GB of RAM as float32
+    on its way to a GPU.
+    """
+    if entry.format == "builtin":
+        recipe = str(entry.raw.get("path") or entry.name)
+        components = BUILTIN_RECIPES[recipe]()
+        components.name = entry.name
+        return components
+    assert entry.path is not None
+    if not entry.path.exists():
+        raise ModelError(f"model {entry.name!r}: {entry.path} does not exist")
+    hashes = hashes or HashCache()
+    if entry.format == "diffusers":
+        if not entry.path.is_dir():
+            raise ModelError(f"model {entry.name!r}: {entry.path} is not a folder (use format: checkpoint for files)")
+        components = _load_folder(entry, dtype)
+        components.sha256 = hashes.combined(folder_weight_files(entry.path), entry.path)
+    else:
+        if not entry.path.is_file():
+            raise ModelError(f"model {entry.name!r}: {entry.path} is not a file (use format: diffusers for folders)")
+        components = _load_single_file(entry, dtype)
+        components.sha256 = hashes.file(entry.path)  # the file's own hash: matches AUTOMATIC1111's "Model hash"
+    components.extras.setdefault("source", str(entry.path))
+    return components
+
+
+def _load_folder(entry: ModelEntry, dtype: torch.dtype | None) -> Components:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = entry.path
+    assert folder is not None
+    _check_model_index(folder)
+    family = entry.family or detect_folder_family(folder)
+    with quiet_libraries():
+        unet = UNet2DConditionModel.from_pretrained(
+            str(folder), subfolder="unet", local_files_only=True, torch_dtype=dtype
+        )
+        if entry.vae is not None:
+            vae = _load_vae_override(entry.vae, folder, dtype)
+        else:
+            vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", local_files_only=True, torch_dtype=dtype)
+        text_encoder = CLIPTextModel.from_pretrained(
+            str(folder), subfolder="text_encoder", local_files_only=True, trust_remote_code=False, dtype=dtype
+        )
+    tokenizer = load_tokenizer(folder / "tokenizer", family)
+    return Components(
+        name=entry.name,
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler_config=scheduler_config(folder, family),
+        family=family,
+    )
+
+
+_KNOWN_PARTS = {
+    "unet": {"UNet2DConditionModel"},
+    "vae": {"AutoencoderKL"},
+    "text_encoder": {"CLIPTextModel"},
+    "tokenizer": {"CLIPTokenizer", "CLIPTokenizerFast"},
+}
+
+
+def _check_model_index(folder: Path) -> None:
+    """Refuse folders whose parts are custom classes: we would load them wrongly, and never run their code."""
+    if not (folder / "unet").is_dir():
+        raise ModelError(f"{folder} is not a diffusers model folder (no unet/ inside)")
+    index = _read_json(folder / "model_index.json")
+    if not index:
+        return
+    for part, classes in _KNOWN_PARTS.items():
+        spec = index.get(part)
+        if isinstance(spec, list) and len(spec) == 2 and spec[1] is not None:
+            library, cls = spec
+            if library not in ("diffusers", "transformers") or cls not in classes:
+                raise ModelError(
+                    f"{folder.name}: its {part} is {library}.{cls}; invoke-repl loads only "
+                    f"{' / '.join(sorted(classes))} and never runs code shipped in a model folder"
+                )
+
+
+def _load_single_file(entry: ModelEntry, dtype: torch.dtype | None) -> Components:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel
+
+    path = entry.path
+    assert path is not None
+    family, config = checkpoint_plan(entry.config, path)
+    state = read_checkpoint(path)
+    state.pop("global_step", None)
+    if not any(k.startswith(UNET_PREFIX) for k in state):
+        raise ModelError(f"{path.name} is not a Stable Diffusion checkpoint (no {UNET_PREFIX}* weights)")
+    part = "UNet"
+    with quiet_libraries():
+        try:
+            unet = UNet2DConditionModel.from_single_file(
+                state, config=str(config), subfolder="unet", local_files_only=True, torch_dtype=dtype
+            )
+            _require_complete(unet, "UNet", path)
+            part = "VAE"
+            if entry.vae is not None:
+                vae = _load_vae_override(entry.vae, config, dtype)
+            else:
+                vae = AutoencoderKL.from_single_file(
+                    state, config=str(config), subfolder="vae", local_files_only=True, torch_dtype=dtype
+                )
+                _require_complete(vae, "VAE", path)
+            part = "text encoder"
+            text_encoder = create_diffusers_clip_model_from_ldm(
+                CLIPTextModel,
+                state,
+                subfolder="text_encoder",
+                config=str(config),
+                local_files_only=True,
+                torch_dtype=dtype,
+            )
+            _require_complete(text_encoder, "text encoder", path)
+        except ModelError:
+            raise
+        except Exception as exc:  # shape mismatches: the wrong family for these weights
+            if "meta tensor" in str(exc):  # diffusers left weights it found no key for unset
+                raise ModelError(f"{path.name} lacks {part} weights: truncated, or not Stable Diffusion") from exc
+            raise ModelError(
+                f"{path.name} does not fit the {family} config ({_short(exc)}); set config: to the right family"
+            ) from exc
+    del state
+    return Components(
+        name=entry.name,
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=load_tokenizer(config / "tokenizer", family),
+        scheduler_config=scheduler_config(config, family),
+        family=family,
+    )
+
+
+def _load_vae_override(vae_path: Path, config: Path, dtype: torch.dtype | None) -> Any:
+    from diffusers import AutoencoderKL
+
+    if vae_path.is_dir():
+        sub = "vae" if (vae_path / "vae" / "config.json").is_file() else None
+        return AutoencoderKL.from_pretrained(str(vae_path), subfolder=sub, local_files_only=True, torch_dtype=dtype)
+    state = read_checkpoint(vae_path)
+    state.pop("global_step", None)
+    vae = AutoencoderKL.from_single_file(
+        state, config=str(config), subfolder="vae", local_files_only=True, torch_dtype=dtype
+    )
+    _require_complete(vae, "VAE", vae_path)
+    return vae
+
+
+def _require_complete(module: Any, part: str, path: Path) -> None:
+    """from_single_file leaves weights it found no key for on the meta device; that is a broken file, say so."""
+    missing = [name for name, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
+    if missing:
+        raise ModelError(f"{path.name} lacks {len(missing)} {part} weights (e.g. {missing[0]}): truncated or not SD")
+
+
+def load_tokenizer(folder: Path, family: str) -> Any:
+    """The folder's own CLIP tokenizer files when it has them, else the shipped ones with the family's pad token."""
+    from transformers import CLIPTokenizer
+
+    pad = "!" if family in ("sd-2", "sd-2-v") else "<|endoftext|>"
+    settings = _read_json(folder / "tokenizer_config.json") or {}
+    if isinstance(settings.get("pad_token"), str):
+        pad = settings["pad_token"]
+    has_files = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if has_files or (folder / "tokenizer.json").is_file():
+        stamp = tuple(f.stat().st_mtime_ns for f in sorted(folder.iterdir()) if f.is_file())
+        key = (str(folder.resolve()), stamp, pad)
+    else:
+        key = ("<shipped>", (), pad)
+    # Building a 49,408-entry BPE tokenizer takes about a second; switching models should not pay it again.
+    with _TOKENIZER_LOCK:
+        cached = _TOKENIZERS.get(key)
+    if cached is not None:
+        return cached
+    if key[0] == "<shipped>":
+        tokenizer = load_clip_tokenizer(pad)
+    else:
+        with quiet_libraries():
+            tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    with _TOKENIZER_LOCK:
+        _TOKENIZERS[key] = tokenizer
+    return tokenizer
+
+
+_TOKENIZERS: dict[tuple[Any, ...], Any] = {}
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def scheduler_config(folder: Path, family: str) -> dict[str, Any]:
+    found = _read_json(folder / "scheduler" / "scheduler_config.json")
+    if found:
+        return found
+    if family != "sd-1":
+        return _read_json(family_config_dir(family) / "scheduler" / "scheduler_config.json") or {}
+    return dict(SD1_SCHEDULER_CONFIG)
+
+
+# ------------------------------------------------------------------------------------------ files and sizes
+def folder_weight_files(folder: Path) -> list[Path]:
+    """The weight files a diffusers folder's unet/vae/text_encoder hold (what hashing and sizes count)."""
+    files: list[Path] = []
+    for part in ("unet", "vae", "text_encoder"):
+        sub = folder / part
+        if sub.is_dir():
+            files.extend(sorted(p for p in sub.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES))
+    return files
+
+
+def entry_files(entry: ModelEntry) -> list[Path]:
+    if entry.format == "builtin" or entry.path is None or not entry.path.exists():
+        return []
+    files = folder_weight_files(entry.path) if entry.path.is_dir() else [entry.path]
+    if entry.vae is not None and entry.vae.exists():
+        files += folder_weight_files(entry.vae) if entry.vae.is_dir() else [entry.vae]
+    return files
+
+
+def size_on_disk(entry: ModelEntry) -> int | None:
+    files = entry_files(entry)
+    if not files:
+        return None
+    return sum(f.stat().st_size for f in files)
+
+
+def estimate_bytes(entry: ModelEntry, dtype: torch.dtype) -> int:
+    """Peak host memory for loading the entry at `dtype`: the weights the model keeps, plus, for a single file,
+    the whole state dict held while it is converted.
+
+    Kept weights are exact from safetensors headers (EMA copies, which are not loaded, left out); other files
+    count at their size, which is within a factor of two of the truth whatever precision they were saved in.
+    """
+    import torch
+
+    item = torch.tensor([], dtype=dtype).element_size()
+    total = 0
+    for f in entry_files(entry):
+        size = f.stat().st_size
+        kept = size
+        if f.suffix == ".safetensors":
+            try:
+                shapes = checkpoint_shapes(f)
+                kept = sum(_numel(s) for k, s in shapes.items() if not k.startswith("model_ema.")) * item
+            except ModelError:
+                pass
+        total += kept
+        if entry.format == "checkpoint":
+            total += size  # read_checkpoint holds the file's tensors until conversion is done
+    return total
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def components_bytes(components: Components) -> int:
+    total = 0
+    for module in (components.unet, components.vae, components.text_encoder):
+        for t in list(module.parameters()) + list(module.buffers()):
+            total += t.numel() * t.element_size()
+    return total
+
+
+def builtin_sha256(components: Components) -> str:
+    return components.sha256 or modules_sha256(components.text_encoder, components.unet, components.vae)
+
+
+# ------------------------------------------------------------------------------------------ hashes
+class HashCache:
+    """sha256 of weight files, remembered by (resolved path, size, mtime_ns) in a small JSON file."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or user_cache_dir() / "hashes.json"
+
+    def file(self, path: Path) -> str:
+        path = Path(path).resolve()
+        stat = path.stat()
+        key = str(path)
+        with self._lock:
+            known = self._read().get(key)
+        if isinstance(known, dict) and known.get("size") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns:
+            return str(known["sha256"])
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        value = digest.hexdigest()
+        with self._lock:
+            data = self._read()
+            data[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": value}
+            with contextlib.suppress(OSError):  # an unwritable cache only costs time next start
+                write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True))
+        return value
+
+    def combined(self, files: list[Path], root: Path) -> str:
+        """One hash for a folder: its files' hashes, each with its path relative to the folder, in order."""
+        if len(files) == 1:
+            return self.file(files[0])
+        digest = hashlib.sha256()
+        for f in sorted(files):
+            digest.update(f"{f.relative_to(root).as_posix()} {self.file(f)}\n".encode())
+        return digest.hexdigest()
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """diffusers and transformers log warnings (unexpected keys, deprecations) that would clutter the REPL."""
+    import logging
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers")]
+    levels = [lg.level for lg in loggers]
+    bars = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    for module, _ in bars:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        for module, enabled in bars:
+            if enabled:
+                module.enable_progress_bar()
+
+
+# ------------------------------------------------------------------------------------------ export (LDM names)
+_RESNET_TO_LDM = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_VAE_ATTN_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def diffusers_to_ldm(unet: Any, vae: Any, text_encoder: Any) -> dict[str, Any]:
+    """The inverse of diffusers' single-file conversion for an SD 1.x layout: diffusers modules → one state dict
+    with the original CompVis/LDM key names (`model.diffusion_model.*`, `first_stage_model.*`,
+    `cond_stage_model.transformer.text_model.*`).
+
+    diffusers ships no public inverse for all three parts; this one follows `convert_ldm_unet_checkpoint` /
+    `convert_ldm_vae_checkpoint` backwards for any block count and `layers_per_block`, so the test-suite can write
+    tiny checkpoints in the real single-file format and load them through the same path real ones take. Only
+    CLIP (SD 1.x) text encoders are written; OpenCLIP's fused attention layout (SD 2.x) is not.
+    """
+    out: dict[str, Any] = {}
+    per = int(unet.config.layers_per_block) + 1
+    fixed_unet = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+    }
+    up_has_attention = {
+        int(k.split(".")[1]) for k in unet.state_dict() if k.startswith("up_blocks.") and ".attentions." in k
+    }
+    for key, tensor in unet.state_dict().items():
+        parts = key.split(".")
+        head = next((h for h in fixed_unet if key.startswith(h + ".")), None)
+        if head is not None:
+            new = fixed_unet[head] + key[len(head) :]
+        elif parts[0] in ("down_blocks", "up_blocks"):
+            block, kind = int(parts[1]), parts[2]
+            first = "input_blocks" if parts[0] == "down_blocks" else "output_blocks"
+            offset = 1 if parts[0] == "down_blocks" else 0
+            if kind in ("resnets", "attentions"):
+                index = offset + block * per + int(parts[3])
+                rest = parts[4:]
+                if kind == "resnets":
+                    rest = [_RESNET_TO_LDM.get(rest[0], rest[0]), *rest[1:]]
+                new = f"{first}.{index}.{0 if kind == 'resnets' else 1}.{'.'.join(rest)}"
+            elif parts[0] == "down_blocks":  # downsamplers.0.conv.*
+                new = f"input_blocks.{offset + block * per + per - 1}.0.op.{parts[-1]}"
+            else:  # upsamplers.0.conv.*
+                slot = 2 if block in up_has_attention else 1
+                new = f"output_blocks.{block * per + per - 1}.{slot}.conv.{parts[-1]}"
+        elif parts[0] == "mid_block":
+            index = 2 * int(parts[2]) if parts[1] == "resnets" else 1
+            rest = parts[3:]
+            if parts[1] == "resnets":
+                rest = [_RESNET_TO_LDM.get(rest[0], rest[0]), *rest[1:]]
+            new = f"middle_block.{index}.{'.'.join(rest)}"
+        else:
+            raise ValueError(f"no LDM name for UNet weight {key}")
+        out[UNET_PREFIX + new] = tensor
+
+    blocks = len(vae.config.block_out_channels)
+    for key, tensor in vae.state_dict().items():
+        new = key.replace("conv_norm_out", "norm_out")
+        parts = new.split(".")
+        if len(parts) > 2 and parts[1] in ("down_blocks", "up_blocks"):
+            block = int(parts[2]) if parts[1] == "down_blocks" else blocks - 1 - int(parts[2])
+            side = "down" if parts[1] == "down_blocks" else "up"
+            if parts[3] == "resnets":
+                rest = ".".join(parts[5:]).replace("conv_shortcut", "nin_shortcut")
+                new = f"{parts[0]}.{side}.{block}.block.{parts[4]}.{rest}"
+            else:  # downsamplers.0.conv.* / upsamplers.0.conv.*
+                new = f"{parts[0]}.{side}.{block}.{'downsample' if side == 'down' else 'upsample'}.conv.{parts[-1]}"
+        elif len(parts) > 2 and parts[1] == "mid_block":
+            if parts[2] == "resnets":
+                rest = ".".join(parts[4:]).replace("conv_shortcut", "nin_shortcut")
+                new = f"{parts[0]}.mid.block_{int(parts[3]) + 1}.{rest}"
+            else:
+                inner = ".".join(parts[4:])
+                for diffusers_name, ldm_name in _VAE_ATTN_TO_LDM.items():
+                    if inner.startswith(diffusers_name + "."):
+                        inner = ldm_name + inner[len(diffusers_name) :]
+                        break
+                new = f"{parts[0]}.mid.attn_1.{inner}"
+                if tensor.dim() == 2:  # LDM keeps these as 1×1 convolutions
+                    tensor = tensor[:, :, None, None]
+        out["first_stage_model." + new] = tensor
+
+    for key, tensor in text_encoder.state_dict().items():
+        bare = key.removeprefix("text_model.")
+        out["cond_stage_model.transformer.text_model." + bare] = tensor
+    return {k: v.detach().clone().contiguous() for k, v in out.items()}

@@ -1,0 +1,221 @@
+"""Offline loading: the CLIP tokenizer files, the family config folders, single-file checkpoints, unsafe pickles."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from invoke_repl.catalogue import ModelError, parse_entry
+from invoke_repl.loading import (
+    HashCache,
+    checkpoint_plan,
+    detect_checkpoint_family,
+    family_config_dir,
+    load_entry,
+    load_tokenizer,
+    read_checkpoint,
+)
+
+pytest_plugins = ["tests.test_models_fixtures"]  # tiny models in each real format, user-folder isolation
+
+# ------------------------------------------------------------------------------------------ tokenizer
+
+
+def test_clip_tokenizer_ids_match_openai_clip():
+    from invoke_repl.builtin import load_clip_tokenizer
+
+    tokenizer = load_clip_tokenizer()
+    assert len(tokenizer) == 49408
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+@pytest.mark.parametrize(("family", "pad", "pad_id"), [("sd-1", "<|endoftext|>", 49407), ("sd-2", "!", 0)])
+def test_family_tokenizers_pad_like_the_originals(family, pad, pad_id):
+    """SD 2.x's OpenCLIP pads with "!" (id 0), SD 1.x with <|endoftext|>: padding changes the conditioning."""
+    tokenizer = load_tokenizer(family_config_dir(family) / "tokenizer", family)
+    assert tokenizer.pad_token == pad and tokenizer.pad_token_id == pad_id
+    ids = tokenizer("a photo of a cat", padding="max_length", max_length=77).input_ids
+    assert ids[:7] == [49406, 320, 1125, 539, 320, 2368, 49407] and ids[7:] == [pad_id] * 70
+
+
+def test_tokenizer_falls_back_to_shipped_files_with_the_family_pad(tmp_path):
+    tokenizer = load_tokenizer(tmp_path / "nothing-here", "sd-2-v")
+    assert tokenizer.pad_token == "!"
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+# ------------------------------------------------------------------------------------------ family configs
+
+
+@pytest.mark.parametrize(
+    ("family", "cross", "sample", "prediction", "layers"),
+    [("sd-1", 768, 64, "epsilon", 12), ("sd-2", 1024, 64, "epsilon", 23), ("sd-2-v", 1024, 96, "v_prediction", 23)],
+)
+def test_family_config_folders_are_complete_diffusers_configs(family, cross, sample, prediction, layers):
+    folder = family_config_dir(family)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    assert (unet["cross_attention_dim"], unet["sample_size"]) == (cross, sample)
+    assert unet["block_out_channels"] == [320, 640, 1280, 1280]
+    assert json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"] == 0.18215
+    assert json.loads((folder / "text_encoder" / "config.json").read_text())["num_hidden_layers"] == layers
+    assert json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == prediction
+
+
+def test_sd1_config_builds_the_real_sizes_offline(no_network):
+    """The sd-1 folder describes SD 1.5 exactly: 859.5M UNet, 83.7M VAE, 123.1M text parameters (meta tensors)."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = str(family_config_dir("sd-1"))
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder", local_files_only=True))
+    sizes = [sum(p.numel() for p in m.parameters()) for m in (unet, vae, text)]
+    assert sizes == [859_520_964, 83_653_863, 123_060_480]
+
+
+# ------------------------------------------------------------------------------------------ family detection
+
+
+def _shapes(width: int) -> dict[str, tuple[int, ...]]:
+    return {"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, width)}
+
+
+def test_family_detection_from_cross_attention_width(tmp_path):
+    assert detect_checkpoint_family(_shapes(768)) == "sd-1"
+    assert detect_checkpoint_family(_shapes(1024), tmp_path / "v2-1_512-ema-pruned.safetensors") == "sd-2"
+    assert detect_checkpoint_family(_shapes(1024), tmp_path / "v2-1_768-ema-pruned.safetensors") == "sd-2-v"
+    assert detect_checkpoint_family(_shapes(32)) is None
+    # A sidecar LDM yaml (AUTOMATIC1111's convention) outranks the file name.
+    (tmp_path / "mine.yaml").write_text("model:\n  params:\n    parameterization: v\n")
+    assert detect_checkpoint_family(_shapes(1024), tmp_path / "mine.safetensors") == "sd-2-v"
+
+
+def test_unknown_family_needs_a_config(tiny_store):
+    with pytest.raises(ModelError, match="cannot tell which model family.*set config"):
+        checkpoint_plan(None, tiny_store["safetensors"])
+    family, folder = checkpoint_plan(tiny_store["config"], tiny_store["safetensors"])
+    assert (family, folder) == ("sd-1", tiny_store["config"])
+    assert checkpoint_plan("sd-2-v", tiny_store["safetensors"]) == ("sd-2-v", family_config_dir("sd-2-v"))
+
+
+# ------------------------------------------------------------------------------------------ single files
+
+
+def _entry(path: Path, config, tmp_path: Path, name: str = "m", fmt: str = "checkpoint"):
+    fields = {"format": fmt, "path": str(path)}
+    if config is not None:
+        fields["config"] = str(config)
+    return parse_entry(name, fields, tmp_path, "test")
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "ckpt"])
+def test_single_file_loads_offline_and_equals_its_diffusers_folder(kind, tiny_store, tmp_path, no_network):
+    hashes = HashCache(tmp_path / "hashes.json")
+    folder = load_entry(_entry(tiny_store["folder"], None, tmp_path, fmt="diffusers"), hashes)
+    single = load_entry(_entry(tiny_store[kind], tiny_store["config"], tmp_path), hashes)
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = getattr(folder, part).state_dict(), getattr(single, part).state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    # Same modules, same picture: one denoiser call, a decode and the prompt encoding agree bit for bit.
+    ids = single.tokenizer("a red fox", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert torch.equal(
+        ids, folder.tokenizer("a red fox", padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
+    )
+    with torch.no_grad():
+        text_a = folder.text_encoder(ids)[0]
+        text_b = single.text_encoder(ids)[0]
+        latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(7))
+        eps_a = folder.unet(latents, 10, encoder_hidden_states=text_a).sample
+        eps_b = single.unet(latents, 10, encoder_hidden_states=text_b).sample
+        img_a = folder.vae.decode(latents).sample
+        img_b = single.vae.decode(latents).sample
+    # Weights are bit-identical (above); outputs may differ in the last float bit because CPU kernels pick code
+    # paths by memory alignment (a memory-mapped file vs a copied state dict), far below one 8-bit image level.
+    for x, y in ((text_a, text_b), (eps_a, eps_b), (img_a, img_b)):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+    assert single.scheduler_config["beta_schedule"] == "scaled_linear" and single.family == "sd-1"
+    assert single.native_size == folder.native_size == (64, 64)
+    # A single file's hash is the file's own sha256 (what AUTOMATIC1111 shows as "Model hash", first 10 digits).
+    import hashlib
+
+    assert single.sha256 == hashlib.sha256(tiny_store[kind].read_bytes()).hexdigest()
+
+
+def test_hashes_are_cached_by_path_size_and_mtime(tiny_store, tmp_path, monkeypatch):
+    cache = HashCache(tmp_path / "hashes.json")
+    first = cache.file(tiny_store["safetensors"])
+    assert (
+        json.loads((tmp_path / "hashes.json").read_text())[str(tiny_store["safetensors"].resolve())]["sha256"] == first
+    )
+    import hashlib
+
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: pytest.fail("hashed again"))
+    assert HashCache(tmp_path / "hashes.json").file(tiny_store["safetensors"]) == first
+
+
+def test_malicious_ckpt_is_refused_and_its_code_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}, "extra": Payload()}, evil)
+    legacy = tmp_path / "legacy.ckpt"
+    with open(legacy, "wb") as handle:  # an old-style plain pickle, not torch's zip format
+        pickle.dump({"state_dict": Payload()}, handle)
+    for path in (evil, legacy):
+        with pytest.raises(ModelError, match="refusing .*would run code"):
+            read_checkpoint(path)
+        with pytest.raises(ModelError, match="refusing"):
+            load_entry(_entry(path, "sd-1", tmp_path), HashCache(tmp_path / "h.json"))
+    assert not marker.exists()
+
+
+def test_broken_files_give_one_line_errors(tiny_store, tmp_path):
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(tiny_store["safetensors"].read_bytes()[:5000])
+    with pytest.raises(ModelError, match="not a valid .safetensors"):
+        load_entry(_entry(truncated, tiny_store["config"], tmp_path), HashCache(tmp_path / "h.json"))
+    garbage = tmp_path / "junk.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ModelError) as info:
+        read_checkpoint(garbage)
+    assert "\n" not in str(info.value)
+    # Missing UNet weights: refused rather than left as uninitialised (meta) tensors.
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tiny_store["safetensors"]))
+    partial = tmp_path / "partial.safetensors"
+    save_file({k: v for k, v in state.items() if "output_blocks.0." not in k}, str(partial))
+    with pytest.raises(ModelError, match="lacks UNet weights"):
+        load_entry(_entry(partial, tiny_store["config"], tmp_path), HashCache(tmp_path / "h.json"))
+
+
+def test_wrong_family_is_a_clear_error(tiny_store, tmp_path):
+    with pytest.raises(ModelError, match="does not fit the sd-1 config"):
+        load_entry(_entry(tiny_store["safetensors"], "sd-1", tmp_path), HashCache(tmp_path / "h.json"))
+
+
+def test_folder_with_custom_classes_is_refused(tiny_store, tmp_path):
+    import shutil
+
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_store["folder"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["unet"] = ["my_package", "MyUNet"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelError, match="never runs code"):
+        load_entry(_entry(folder, None, tmp_path, fmt="diffusers"), HashCache(tmp_path / "h.json"))

@@ -1,0 +1,325 @@
+"""The resident model manager: import, switch, list, background loads, memory-measured caching, failures."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+
+from invoke_repl import loading, models
+from invoke_repl.catalogue import Catalogue, ModelError, user_catalogue_path
+from invoke_repl.models import ModelManager
+from tests.test_models_fixtures import model_dir_copy
+
+pytest_plugins = ["tests.test_models_fixtures"]  # tiny models in each real format, user-folder isolation
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * PAGE
+
+
+def _catalogue(tmp_path: Path, body: str) -> Catalogue:
+    path = tmp_path / "models.yaml"
+    path.write_text(body)
+    return Catalogue.load(path)
+
+
+TINY_ONLY = "tiny:\n  format: builtin\n  path: tiny-random\n  default: true\n"
+
+
+@pytest.fixture
+def count_loads(monkeypatch):
+    """Count every read of a model from disk (or a builtin build): the manager's only way to get weights."""
+    calls: list[str] = []
+    real = loading.load_entry
+
+    def counting(entry, *args, **kwargs):
+        calls.append(entry.name)
+        return real(entry, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_entry", counting)
+    return calls
+
+
+def test_import_switch_list_and_survive_a_restart(tiny_store, tmp_path, user_dirs, no_network, count_loads):
+    folder = model_dir_copy(tiny_store, tmp_path, "my-folder")
+    manager = ModelManager(Catalogue.find(), device="cpu")
+    first = manager.get()  # the shipped default is missing until the embedded model lands: falls back
+    assert manager.active_name in ("embedded", "tiny-random") and first.unet.device.type == "cpu"
+    name = manager.import_model(folder, description="a tiny folder")
+    assert name == "my-folder"
+    entry = Catalogue.find().get(name)
+    assert (entry.format, entry.path, entry.width, entry.height) == ("diffusers", folder, 64, 64)
+    components = manager.switch(name)
+    assert manager.active_name == name and components.name == name and components.family == "sd-1"
+    rows = {row.name: row for row in manager.list_models()}
+    assert rows[name].active and rows[name].state == "on device" and rows[name].size_bytes > 1_000_000
+    assert rows[name].description == "a tiny folder"
+
+    # A restart reads the user's catalogue again: the import is still there and loads.
+    restarted = ModelManager(Catalogue.find(), device="cpu")
+    assert name in restarted.model_names()
+    assert restarted.switch(name).sha256 == components.sha256
+    assert user_catalogue_path().is_file()
+
+
+def test_switching_back_to_a_cached_model_does_not_touch_the_disk(
+    tiny_store, tmp_path, user_dirs, count_loads, monkeypatch
+):
+    folder = model_dir_copy(tiny_store, tmp_path)
+    catalogue = _catalogue(tmp_path, TINY_ONLY + f"folder:\n  format: diffusers\n  path: {folder}\n")
+    manager = ModelManager(catalogue, device="cpu", max_loaded=2)
+    tiny = manager.switch("tiny")
+    manager.switch("folder")
+    assert count_loads == ["tiny", "folder"]
+
+    opened: list[str] = []
+    import builtins
+    import io
+
+    real_open = builtins.open
+
+    def spy(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    monkeypatch.setattr(io, "open", spy)
+    for _ in range(3):
+        assert manager.switch("tiny") is tiny
+        manager.switch("folder")
+    assert count_loads == ["tiny", "folder"]
+    assert not [p for p in opened if str(folder) in p]
+
+
+def test_max_loaded_one_keeps_memory_flat_over_ten_switches(tiny_store, tmp_path, user_dirs, count_loads):
+    body = "".join(
+        f"{name}:\n  format: diffusers\n  path: {model_dir_copy(tiny_store, tmp_path, name)}\n" for name in "ab"
+    )
+    manager = ModelManager(_catalogue(tmp_path, body), device="cpu", max_loaded=1)
+    dropped: list[weakref.ref] = []
+    rss: list[int] = []
+    model_bytes = 0
+    for i in range(10):
+        name = "b" if i % 2 else "a"
+        components = manager.switch(name)
+        model_bytes = loading.components_bytes(components)
+        dropped.append(weakref.ref(components.unet))
+        del components
+        rss.append(_rss())  # no gc.collect() here: the manager must free a dropped model's weights by itself
+        resident = [row.name for row in manager.list_models() if row.state == "on device"]
+        assert resident == [name]
+    assert len(count_loads) == 10  # one slot: every switch is a fresh read, the other model is gone
+    gc.collect()
+    assert sum(ref() is not None for ref in dropped) == 1  # only the active model's modules are still alive
+    growth = max(rss[4:]) - rss[3]
+    assert growth < 2 * model_bytes, f"RSS grew {growth / 2**20:.1f} MiB over 6 switches: {rss}"
+
+
+def test_failed_switch_leaves_the_previous_model_active(tiny_store, tmp_path, user_dirs):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 64)
+    folder = model_dir_copy(tiny_store, tmp_path)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    catalogue = _catalogue(
+        tmp_path,
+        TINY_ONLY
+        + f"broken:\n  format: checkpoint\n  path: {broken}\n  config: sd-1\n"
+        + f"corrupt:\n  format: diffusers\n  path: {folder}\n"
+        + f"gone:\n  format: diffusers\n  path: {tmp_path / 'nowhere'}\n",
+    )
+    manager = ModelManager(catalogue, device="cpu")
+    tiny = manager.switch("tiny")
+    for name, reason in (
+        ("broken", "not a valid .safetensors"),
+        ("corrupt", "cannot load model 'corrupt'"),
+        ("gone", "does not exist"),
+        ("nobody", "no model named 'nobody'"),
+    ):
+        with pytest.raises(ModelError, match=reason) as info:
+            manager.switch(name)
+        assert "\n" not in str(info.value)
+        assert manager.active_name == "tiny" and manager.get() is tiny
+    states = {row.name: row.state for row in manager.list_models()}
+    assert states == {"tiny": "on device", "broken": "on disk", "corrupt": "on disk", "gone": "missing"}
+
+
+def test_background_load_returns_at_once_and_get_waits(tmp_path, user_dirs, monkeypatch):
+    release = threading.Event()
+    real = loading.load_entry
+
+    def slow(entry, *args, **kwargs):
+        release.wait(10)
+        return real(entry, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_entry", slow)
+    manager = ModelManager(_catalogue(tmp_path, TINY_ONLY), device="cpu")
+    started = time.monotonic()
+    manager.start_background_load()
+    assert time.monotonic() - started < 1.0
+    assert manager.active_name == "tiny"
+    assert [row.state for row in manager.list_models()] == ["loading"]
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(manager.get()))
+    waiter.start()
+    time.sleep(0.2)
+    assert not got  # still waiting for the load
+    release.set()
+    waiter.join(20)
+    assert got and got[0] is manager.get() and manager.list_models()[0].state == "on device"
+
+
+def test_background_load_failure_is_reported_by_get(tmp_path, user_dirs):
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00" * 64)
+    body = f"corrupt:\n  format: checkpoint\n  path: {corrupt}\n  config: sd-1\n  default: true\n" + TINY_ONLY.replace(
+        "  default: true\n", ""
+    )
+    manager = ModelManager(_catalogue(tmp_path, body), device="cpu")
+    manager.start_background_load()  # returns; the failure belongs to the first command that needs the model
+    with pytest.raises(ModelError, match="not a valid .safetensors"):
+        manager.get()
+    assert manager.switch("tiny").name == "tiny"
+
+
+def test_background_load_of_an_unknown_model_only_warns(tmp_path, user_dirs):
+    notices: list[str] = []
+    manager = ModelManager(_catalogue(tmp_path, TINY_ONLY), device="cpu", notify=notices.append)
+    manager.start_background_load("nobody")
+    assert len(notices) == 1 and "no model named 'nobody'" in notices[0]
+    assert manager.get().name == "tiny"
+
+
+def test_default_fallback_prints_one_notice(tmp_path, user_dirs):
+    notices: list[str] = []
+    body = f"gone:\n  format: diffusers\n  path: {tmp_path / 'nowhere'}\n  default: true\n"
+    body += "tiny:\n  format: builtin\n  path: tiny-random\n"
+    manager = ModelManager(_catalogue(tmp_path, body), device="cpu", notify=notices.append)
+    assert manager.get().name == "tiny" and manager.active_name == "tiny"
+    assert len(notices) == 1 and "'gone' is missing" in notices[0]
+
+
+def test_per_line_model_does_not_change_the_active_one(tiny_store, tmp_path, user_dirs):
+    folder = model_dir_copy(tiny_store, tmp_path)
+    manager = ModelManager(_catalogue(tmp_path, TINY_ONLY + f"folder:\n  format: diffusers\n  path: {folder}\n"))
+    manager.switch("tiny")
+    assert manager.get("folder").name == "folder" and manager.active_name == "tiny"
+
+
+def test_edit_and_delete(tiny_store, tmp_path, user_dirs, count_loads):
+    folder = model_dir_copy(tiny_store, tmp_path)
+    manager = ModelManager(_catalogue(tmp_path, TINY_ONLY + f"folder:\n  format: diffusers\n  path: {folder}\n"))
+    manager.switch("tiny")
+    manager.get("folder")
+    manager.edit_model("folder", description="renamed", width="128")
+    assert Catalogue.load(tmp_path / "models.yaml").get("folder").width == 128
+    manager.get("folder")
+    assert count_loads == ["tiny", "folder"]  # a description edit keeps the loaded copy
+    other = model_dir_copy(tiny_store, tmp_path, "other")
+    manager.edit_model("folder", path=str(other))
+    manager.get("folder")
+    assert count_loads == ["tiny", "folder", "folder"]  # new files: read again
+    with pytest.raises(ModelError, match="active model"):
+        manager.del_model("tiny")
+    manager.del_model("folder")
+    assert manager.model_names() == ["tiny"] and folder.is_dir() and other.is_dir()
+    assert "folder" not in Catalogue.load(tmp_path / "models.yaml").names()
+
+
+def test_import_single_file_infers_family_and_size(tiny_store, tmp_path, user_dirs, no_network):
+    manager = ModelManager(Catalogue.find(), device="cpu")
+    with pytest.raises(ModelError, match="cannot tell which model family"):
+        manager.import_model(tiny_store["safetensors"])
+    name = manager.import_model(tiny_store["safetensors"], config=str(tiny_store["config"]), default=True)
+    entry = Catalogue.find().get(name)
+    assert (name, entry.format, entry.config, entry.width, entry.default) == (
+        "tiny-sd1",
+        "checkpoint",
+        tiny_store["config"],
+        64,
+        True,
+    )
+    assert not Catalogue.find().get("embedded").default
+    assert manager.switch(name).family == "sd-1"
+    with pytest.raises(ModelError, match="already in the catalogue"):
+        manager.import_model(tiny_store["safetensors"], config=str(tiny_store["config"]))
+    with pytest.raises(ModelError, match="does not exist"):
+        manager.import_model(tmp_path / "absent.safetensors")
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ModelError, match="neither a folder nor a checkpoint"):
+        manager.import_model(tmp_path / "notes.txt")
+
+
+def test_host_memory_is_measured_before_loading(tiny_store, tmp_path, user_dirs):
+    """With little RAM left, cached models are dropped first; with none, the load is refused (no swap, no OOM)."""
+    folder = model_dir_copy(tiny_store, tmp_path, "folder")
+    other = model_dir_copy(tiny_store, tmp_path, "other")
+    body = TINY_ONLY + f"folder:\n  format: diffusers\n  path: {folder}\n"
+    body += f"other:\n  format: diffusers\n  path: {other}\n"
+    state = {"manager": None, "starved": False}
+
+    def available() -> int:
+        manager = state["manager"]
+        crowded = manager is not None and "folder" in manager.list_models_raw()
+        return 2**30 + 1 if state["starved"] or crowded else 64 * 2**30
+
+    manager = ModelManager(
+        _catalogue(tmp_path, body), device="cpu", max_loaded=3, host_margin_bytes=2**30, host_available=available
+    )
+    manager.list_models_raw = lambda: {r.name for r in manager.list_models() if r.state == "on device"}
+    state["manager"] = manager
+    manager.switch("tiny")
+    manager.get("folder")
+    manager.get("other")  # RAM looks short while 'folder' is held: it is dropped to make room
+    states = {row.name: row.state for row in manager.list_models()}
+    assert states == {"tiny": "on device", "folder": "on disk", "other": "on device"}
+    state["starved"] = True
+    with pytest.raises(ModelError, match="not enough memory to load 'folder'"):
+        manager.switch("folder")
+    assert manager.active_name == "tiny" and manager.get().name == "tiny"
+
+
+def test_cuda_tier_moves_to_ram_or_drops_by_measured_memory(tmp_path, user_dirs, monkeypatch):
+    """The device/RAM decisions, run without a GPU: moves are recorded instead of performed."""
+    moves: list[tuple[str, str, bool]] = []
+    monkeypatch.setattr(models, "_move", lambda c, device, dtype, pin: moves.append((c.name, str(device), pin)))
+    body = "".join(f"m{i}:\n  format: builtin\n  path: tiny-random\n" for i in range(4))
+    host = {"bytes": 64 * 2**30}
+    free = {"bytes": 64 * 2**30}
+    manager = ModelManager(
+        _catalogue(tmp_path, body),
+        device="cpu",
+        max_loaded=2,
+        host_margin_bytes=2**30,
+        device_margin_bytes=2**30,
+        host_available=lambda: host["bytes"],
+        device_free=lambda device: free["bytes"],
+    )
+    manager.device = torch.device("cuda")
+    for name in ("m0", "m1", "m2"):
+        manager.switch(name)
+    states = {row.name: row.state for row in manager.list_models()}
+    assert states == {"m0": "in RAM", "m1": "on device", "m2": "on device", "m3": "on disk"}
+    assert ("m0", "cpu", True) in moves  # parked in pinned RAM
+    moves.clear()
+    manager.switch("m0")  # back from RAM: no disk read, m1 (least recent) parked
+    assert ("m0", "cuda", False) in moves and ("m1", "cpu", True) in moves
+    host["bytes"] = 2**30  # RAM is short now: the next model pushed off the device is dropped, not parked
+    manager.switch("m1")
+    states = {row.name: row.state for row in manager.list_models()}
+    assert states == {"m0": "on device", "m1": "on device", "m2": "on disk", "m3": "on disk"}
+    # Little free device memory: make room by evicting before putting the next model on the device.
+    host["bytes"] = 64 * 2**30
+    free["bytes"] = 2**30
+    with pytest.raises(ModelError, match="not enough device memory"):
+        manager.switch("m3")
+    assert manager.active_name == "m1"
