@@ -1,0 +1,136 @@
+"""Start-up: options, the session, and the choice between an interactive prompt and a script.
+
+Kept free of torch and diffusers imports: the interactive prompt must appear before they load (they take seconds),
+and a scripted run with no generation lines must not load them at all. The model manager is created lazily — in a
+background thread for interactive runs, so the default model is loading while the user types.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from invoke_repl import __version__
+from invoke_repl.commands import DIALECTS
+from invoke_repl.session import Session, default_outdir
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="invoke-repl",
+        description="An interactive invoke> command line for Stable Diffusion (txt2img and img2img).",
+    )
+    parser.add_argument("--outdir", "-o", type=Path, default=None, help="where images go (default ./outputs)")
+    parser.add_argument(
+        "--dialect",
+        choices=DIALECTS,
+        default="guide",
+        help="switch letters: guide (-S steps, -s strength) or legacy (InvokeAI 2.x: -S seed, -s steps)",
+    )
+    parser.add_argument("--from-file", type=Path, default=None, help="run the commands in FILE, then exit")
+    parser.add_argument("--models", type=Path, default=None, help="model catalogue (models.yaml) to use")
+    parser.add_argument("--model", default=None, help="model to start with (default: the catalogue's default)")
+    parser.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto")
+    parser.add_argument("--precision", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
+    parser.add_argument("--max-loaded-models", type=int, default=2, help="models kept resident (default 2)")
+    parser.add_argument("--history-file", type=Path, default=None, help="interactive history file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    parser.add_argument("--version", action="version", version=f"invoke-repl {__version__}")
+    return parser
+
+
+def make_manager_factory(args: argparse.Namespace):
+    """A function that builds the model manager; importing it pulls in torch, so it runs only when needed."""
+
+    def factory():
+        from invoke_repl.models import ModelManager, open_catalogue
+
+        catalogue = open_catalogue(args.models)
+        manager = ModelManager(
+            catalogue,
+            device=args.device,
+            precision=args.precision,
+            max_loaded=args.max_loaded_models,
+        )
+        manager.start_background_load(args.model)
+        return manager
+
+    return factory
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.max_loaded_models < 1:
+        print("invoke-repl: --max-loaded-models must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    outdir = args.outdir if args.outdir is not None else default_outdir()
+    scripted = args.from_file is not None or not sys.stdin.isatty()
+    session = Session(
+        make_manager_factory(args),
+        outdir=outdir,
+        dialect=args.dialect,
+        progress=not args.no_progress,
+    )
+    if scripted:
+        return run_script(session, args)
+    return run_terminal(session, args)
+
+
+def run_script(session: Session, args: argparse.Namespace) -> int:
+    if args.from_file is not None:
+        try:
+            lines: Iterable[str] = args.from_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as exc:
+            print(f"invoke-repl: cannot read {args.from_file}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        lines = _stdin_lines()
+
+    def on_sigint(signum, frame):  # stop after the current step; finished files stay
+        if session.cancel.is_set():
+            raise KeyboardInterrupt
+        session.cancel.set()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        failures, cancelled = session.run_lines(lines)
+    except KeyboardInterrupt:
+        cancelled, failures = True, 1
+    if cancelled:
+        print("invoke-repl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _stdin_lines() -> Iterable[str]:
+    stream = sys.stdin.buffer
+    for raw in stream:
+        yield raw.decode("utf-8", errors="replace")
+
+
+def run_terminal(session: Session, args: argparse.Namespace) -> int:
+    from invoke_repl.repl import CommandHistory, default_history_file, run_interactive
+
+    def warn(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    history = CommandHistory(args.history_file or default_history_file(), warn)
+    # Load torch, diffusers and the default model while the user types the first line.
+    threading.Thread(target=_warm_up, args=(session,), daemon=True, name="invoke-repl-warm-up").start()
+    return run_interactive(session, history)
+
+
+def _warm_up(session: Session) -> None:
+    if os.environ.get("INVOKE_REPL_NO_WARMUP"):
+        return
+    try:
+        session.manager  # noqa: B018 - creating it imports torch and starts the default model's load
+    except Exception as exc:  # reported again, with its reason, when a line needs the model
+        print(f"warning: model manager failed to start: {exc}", file=sys.stderr, flush=True)

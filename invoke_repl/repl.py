@@ -1,0 +1,238 @@
+"""The interactive `invoke>` prompt: history, completion, paste, Ctrl-C and Ctrl-D.
+
+prompt_toolkit does the terminal work; this module only adapts it to invoke-repl's rules: every pasted line is its
+own command and its own history entry, a broken history file never stops the session, Ctrl-C at the prompt clears
+the line, Ctrl-C during a generation cancels that generation and comes back here. It never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import History
+
+from invoke_repl.commands import BANG_COMMANDS, switch_names
+from invoke_repl.request import SAMPLERS
+from invoke_repl.session import Outcome, Session
+
+SAMPLER_SWITCHES = ("-A", "-m", "--sampler")
+IMAGE_SWITCHES = ("-I", "--init-img", "--init_img")
+MODEL_SWITCHES = ("--model",)
+SEED_SWITCHES = ("--seed",)
+PATH_COMMANDS = ("!fetch", "!replay", "!import_model")
+MODEL_COMMANDS = ("!switch", "!del_model", "!edit_model")
+
+
+def default_history_file() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "invoke-repl" / "history"
+
+
+class CommandHistory(History):
+    """One command per line in a plain UTF-8 file, appended as each command is accepted.
+
+    A pasted block is split so each line is its own entry. A history file that cannot be read (not UTF-8, binary
+    junk, a directory in its place) is renamed aside with a warning; one that cannot be written turns the history
+    into memory-only with a warning. Neither ever stops the session.
+    """
+
+    def __init__(self, path: Path | None, warn: Callable[[str], None]) -> None:
+        super().__init__()
+        self.path = path
+        self.warn = warn
+        self._writable = path is not None
+
+    def load_history_strings(self) -> Iterable[str]:
+        return list(reversed(self.read_lines()))
+
+    def read_lines(self) -> list[str]:
+        """Oldest first."""
+        if self.path is None or not os.path.lexists(self.path):
+            return []
+        try:
+            data = self.path.read_bytes()
+            if b"\x00" in data:
+                raise UnicodeDecodeError("utf-8", data, 0, 1, "NUL byte")
+            text = data.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self._set_aside(exc)
+            return []
+        return [line for line in text.splitlines() if line.strip()]
+
+    def _set_aside(self, exc: Exception) -> None:
+        assert self.path is not None
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        try:
+            os.replace(self.path, aside)
+            self.warn(f"warning: history file {self.path} was unreadable ({_reason(exc)}); moved to {aside}")
+        except OSError:
+            self.warn(f"warning: history file {self.path} is unreadable ({_reason(exc)}); history is not saved")
+            self._writable = False
+
+    def append_string(self, string: str) -> None:
+        for line in string.splitlines():
+            if line.strip():
+                super().append_string(line.strip())
+
+    def store_string(self, string: str) -> None:
+        if not self._writable or self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(string.replace("\n", " ") + "\n")
+        except OSError as exc:
+            self._writable = False
+            self.warn(f"warning: cannot write history file {self.path} ({_reason(exc)}); history kept in memory only")
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return "not UTF-8 text"
+
+
+class InvokeCompleter(Completer):
+    """Completes what the word before the cursor asks for: a !command, a switch, a sampler, a path, a model."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.paths = PathCompleter(expanduser=True)
+
+    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterator[Completion]:
+        text = document.text_before_cursor
+        words = text.split(" ")
+        current = words[-1]
+        previous = words[-2] if len(words) >= 2 else ""
+        first = words[0] if words else ""
+        if len(words) == 1 and current.startswith("!"):
+            yield from _matching(current, [f"!{name}" for name in BANG_COMMANDS])
+            return
+        attached = _attached(current)
+        if attached is not None:
+            switch, value = attached
+            yield from self._values_for(switch, value, document)
+            return
+        if previous in SAMPLER_SWITCHES + IMAGE_SWITCHES + MODEL_SWITCHES + SEED_SWITCHES:
+            yield from self._values_for(previous, current, document)
+            return
+        if len(words) >= 2 and first in PATH_COMMANDS and len(words) == 2:
+            yield from self._paths(current, document)
+            return
+        if len(words) == 2 and first in MODEL_COMMANDS:
+            yield from _matching(current, self.session.model_names())
+            return
+        if current.startswith("-"):
+            yield from _matching(current, switch_names(self.session.dialect))
+
+    def _values_for(self, switch: str, value: str, document: Document) -> Iterator[Completion]:
+        if switch in SAMPLER_SWITCHES:
+            yield from _matching(value, SAMPLERS)
+        elif switch in MODEL_SWITCHES:
+            yield from _matching(value, self.session.model_names())
+        elif switch in SEED_SWITCHES:
+            seeds = [str(s) for s in dict.fromkeys(reversed(self.session.seeds_used))]
+            yield from _matching(value, seeds)
+        elif switch in IMAGE_SWITCHES:
+            yield from self._paths(value, document)
+
+    def _paths(self, value: str, document: Document) -> Iterator[Completion]:
+        sub = Document(value, len(value))
+        yield from self.paths.get_completions(sub, CompleteEvent(completion_requested=True))
+
+
+def _attached(word: str) -> tuple[str, str] | None:
+    """`-Ak_` → ("-A", "k_"); `--sampler=k_` → ("--sampler", "k_")."""
+    if word.startswith("--") and "=" in word:
+        switch, _, value = word.partition("=")
+        return switch, value
+    if len(word) > 2 and word[0] == "-" and word[1] != "-" and word[:2] in SAMPLER_SWITCHES + IMAGE_SWITCHES:
+        return word[:2], word[2:]
+    return None
+
+
+def _matching(prefix: str, options: Iterable[str]) -> Iterator[Completion]:
+    for option in options:
+        if option.startswith(prefix) and option != prefix:
+            yield Completion(option, start_position=-len(prefix))
+
+
+def split_commands(text: str) -> list[str]:
+    """A pasted block runs line by line; a leading `invoke> ` is handled by the parser."""
+    return [line for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+
+
+def prompt_text(session: Session) -> str:
+    return "invoke> "
+
+
+def run_interactive(session: Session, history: CommandHistory, **prompt_options: Any) -> int:
+    """Loop until Ctrl-D or !quit; returns the exit status (always 0: errors were shown and survived)."""
+    session.history[:0] = history.read_lines()
+    prompt: PromptSession[str] = PromptSession(
+        history=history,
+        auto_suggest=AutoSuggestFromHistory(),
+        completer=InvokeCompleter(session),
+        complete_while_typing=False,
+        enable_history_search=False,
+        **prompt_options,
+    )
+    pending_edit = ""
+    while True:
+        try:
+            text = prompt.prompt(prompt_text(session), default=pending_edit)
+        except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line
+            pending_edit = ""
+            continue
+        except EOFError:  # Ctrl-D
+            return 0
+        pending_edit = ""
+        for line in split_commands(text):
+            outcome = run_with_cancel(session, line)
+            if outcome.error:
+                print(outcome.error, file=session.err, flush=True)
+            if outcome.edit is not None:
+                pending_edit = outcome.edit
+            if outcome.quit:
+                return 0
+            if outcome.cancelled:
+                break
+
+
+def run_with_cancel(session: Session, line: str) -> Outcome:
+    """Run one line with Ctrl-C turned into a cancel request: the generator stops within one step.
+
+    A second Ctrl-C while the first is being honoured interrupts at once (files are written atomically, so an
+    interrupted save leaves no partial image behind).
+    """
+    if sys.platform == "win32" or not _in_main_thread():
+        return session.run_line(line)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if session.cancel.is_set():
+            raise KeyboardInterrupt
+        session.cancel.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    session.cancel.clear()
+    try:
+        return session.run_line(line)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        session.cancel.clear()
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,420 @@
+"""Runs what the user typed: generation requests and `!commands`, one line at a time.
+
+The session is the only stateful piece between the prompt and the generator: it remembers the previous image
+(for `--seed -1` and `-I -1`), the command history, the dialect and the image counter. It never parses text itself
+(commands.parse does) and never touches torch until a line actually asks for a picture, so scripted runs without
+generation lines and the first prompt of an interactive run stay instant.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shlex
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from invoke_repl import __version__
+from invoke_repl.commands import BangCommand, ParseError, canonical, help_text, parse
+from invoke_repl.request import PREVIOUS, PREVIOUS_IMAGE, Request, RequestError
+
+if TYPE_CHECKING:
+    from invoke_repl.models import ModelManager
+
+
+@dataclass
+class Outcome:
+    """What one line did. `error` is a one-line message; `edit` is text for the next input buffer."""
+
+    ok: bool = True
+    error: str | None = None
+    quit: bool = False
+    edit: str | None = None
+    cancelled: bool = False
+    images: int = 0
+
+
+class GenerationCancelled(Exception):
+    """Ctrl-C arrived while a line was running; files already written are kept."""
+
+
+OOM_HINT = "out of memory: try a smaller -W/-H, fewer images (-n), or --precision float16/bfloat16"
+
+
+def _is_oom(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return name == "OutOfMemoryError" or (isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc))
+
+
+class Session:
+    def __init__(
+        self,
+        manager_factory: Callable[[], ModelManager],
+        *,
+        outdir: Path,
+        dialect: str = "guide",
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        progress: bool = True,
+        history: list[str] | None = None,
+    ) -> None:
+        self._manager_factory = manager_factory
+        self._manager: ModelManager | None = None
+        self._manager_lock = threading.Lock()
+        self.outdir = Path(outdir)
+        self.dialect = dialect
+        self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
+        self.progress = progress
+        self.history: list[str] = history if history is not None else []
+        self.cancel = threading.Event()
+        self.image_count = 0
+        self.last_seed: int | None = None
+        self.last_path: Path | None = None
+        self.seeds_used: list[int] = []
+        self._told: set[str] = set()
+
+    # ----------------------------------------------------------------- model manager (lazy, maybe background)
+    @property
+    def manager(self) -> ModelManager:
+        with self._manager_lock:
+            if self._manager is None:
+                self._manager = self._manager_factory()
+            return self._manager
+
+    @property
+    def manager_ready(self) -> bool:
+        return self._manager is not None
+
+    def model_names(self) -> list[str]:
+        """Names for completion; empty until the manager exists so completion never waits for torch."""
+        if self._manager is None:
+            return []
+        try:
+            return list(self._manager.model_names())
+        except Exception:
+            return []
+
+    # ----------------------------------------------------------------------------------------- lines
+    def run_line(self, line: str) -> Outcome:
+        """Run one line; never raises for anything the user typed or any file they named."""
+        notices: list[str] = []
+        try:
+            parsed = parse(line, self.dialect, notices)
+        except (ParseError, RequestError) as exc:
+            return Outcome(ok=False, error=str(exc))
+        for notice in notices:
+            self._say(notice)
+        if parsed is None:
+            return Outcome()
+        stripped = line.strip()
+        if not (isinstance(parsed, BangCommand) and parsed.name in ("recall", "history")):
+            self.history.append(stripped)
+        try:
+            if isinstance(parsed, BangCommand):
+                return self._bang(parsed)
+            return self._generate(parsed)
+        except GenerationCancelled:
+            return Outcome(ok=False, error="cancelled", cancelled=True)
+        except KeyboardInterrupt:
+            return Outcome(ok=False, error="cancelled", cancelled=True)
+        except Exception as exc:  # the REPL must survive anything a line can trigger
+            if _is_oom(exc):
+                self._free_memory()
+                return Outcome(ok=False, error=OOM_HINT)
+            return Outcome(ok=False, error=_one_line(exc))
+
+    def run_lines(self, lines: Iterable[str], source: str | None = None) -> tuple[int, bool]:
+        """Scripted mode: every line is a command; errors go to `err` as `line N: message`.
+
+        Returns (number of failed lines, cancelled). Stops at a cancellation (Ctrl-C), keeping finished files.
+        """
+        failures = 0
+        for number, line in enumerate(lines, start=1):
+            if self.cancel.is_set():
+                return failures, True
+            outcome = self.run_line(line.rstrip("\r\n"))
+            if outcome.edit is not None:
+                print(outcome.edit, file=self.out, flush=True)
+            if not outcome.ok:
+                failures += 1
+                where = f"{source} line {number}" if source else f"line {number}"
+                print(f"{where}: {outcome.error}", file=self.err, flush=True)
+            if outcome.cancelled:
+                return failures, True
+            if outcome.quit:
+                break
+        return failures, False
+
+    # ------------------------------------------------------------------------------------ generation
+    def _resolve(self, request: Request) -> Request:
+        changes: dict[str, Any] = {}
+        if request.seed == PREVIOUS:
+            if self.last_seed is None:
+                raise RequestError("--seed -1 means the previous image's seed, but no image was made yet")
+            changes["seed"] = self.last_seed
+        if request.init_img == PREVIOUS_IMAGE:
+            if self.last_path is None:
+                raise RequestError("-I -1 means the previous image, but no image was made yet")
+            changes["init_img"] = str(self.last_path)
+        return request.replace(**changes) if changes else request
+
+    def _generate(self, request: Request) -> Outcome:
+        from invoke_repl import outputs
+        from invoke_repl.images import load_init_image
+
+        request = self._resolve(request)
+        init_image = load_init_image(Path(request.init_img).expanduser()) if request.init_img else None
+        outdir = Path(request.outdir).expanduser() if request.outdir else self.outdir
+        components = self._components(request.model)
+        from invoke_repl.generator import Cancelled, generate, sampler_substitution
+
+        note = sampler_substitution(request.sampler)
+        if note and note not in self._told:
+            self._told.add(note)
+            self._say(note)
+        prefix = outputs.reserve_prefix(outdir)
+        made: list[Any] = []
+        try:
+            for generated in generate(
+                components,
+                request,
+                init_image=init_image,
+                cancel=self.cancel,
+                previews=request.save_steps,
+                progress=self.progress,
+            ):
+                path = outputs.save_image(
+                    outdir, prefix, generated, model_hash=components.sha256, app_version=__version__
+                )
+                if request.save_steps and generated.previews:
+                    outputs.save_steps_strip(outdir, prefix, generated)
+                made.append(generated)
+                self._announce(outdir, path, generated)
+        except Cancelled as exc:
+            self._finish_grid(outdir, prefix, request, made)
+            raise GenerationCancelled() from exc
+        self._finish_grid(outdir, prefix, request, made)
+        return Outcome(images=len(made))
+
+    def _finish_grid(self, outdir: Path, prefix: int, request: Request, made: list[Any]) -> None:
+        if request.grid and len(made) > 1:
+            from invoke_repl import outputs
+
+            path = outputs.save_grid(outdir, prefix, [g.image for g in made], made[0].seed)
+            print(f"grid: {path}", file=self.out, flush=True)
+
+    def _announce(self, outdir: Path, path: Path, generated: Any) -> None:
+        from invoke_repl import outputs
+
+        self.image_count += 1
+        self.last_seed = generated.seed
+        self.last_path = path
+        self.seeds_used.append(generated.seed)
+        line = f"[{self.image_count}] {path}: {canonical(generated.request)}"
+        print(line, file=self.out, flush=True)
+        warning = outputs.append_log(outdir, line)
+        if warning:
+            self._say(warning)
+
+    def _components(self, name: str | None) -> Any:
+        manager = self.manager
+        if name is None:
+            return manager.get()
+        return manager.get(name)
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _say(self, message: str) -> None:
+        print(message, file=self.err, flush=True)
+
+    # ---------------------------------------------------------------------------------- !commands
+    def _bang(self, command: BangCommand) -> Outcome:
+        handler = getattr(self, f"_cmd_{command.name}", None)
+        if handler is None:
+            return Outcome(ok=False, error=f"!{command.name} is not available")
+        return handler(command.args.strip())
+
+    def _cmd_quit(self, args: str) -> Outcome:
+        return Outcome(quit=True)
+
+    _cmd_exit = _cmd_quit
+
+    def _cmd_help(self, args: str) -> Outcome:
+        print(help_text(self.dialect), file=self.out, flush=True)
+        return Outcome()
+
+    def _cmd_dialect(self, args: str) -> Outcome:
+        from invoke_repl.commands import DIALECTS
+
+        if not args:
+            print(f"dialect: {self.dialect}", file=self.out, flush=True)
+            return Outcome()
+        if args not in DIALECTS:
+            return Outcome(ok=False, error=f"unknown dialect {args!r}; choose {' or '.join(DIALECTS)}")
+        self.dialect = args
+        print(f"dialect: {self.dialect}", file=self.out, flush=True)
+        return Outcome()
+
+    def _cmd_history(self, args: str) -> Outcome:
+        count = len(self.history)
+        if args:
+            if not args.isdigit():
+                return Outcome(ok=False, error=f"!history takes a number of lines, got {args!r}")
+            count = int(args)
+        start = max(0, len(self.history) - count)
+        for index in range(start, len(self.history)):
+            print(f"[{index}] {self.history[index]}", file=self.out)
+        self.out.flush()
+        return Outcome()
+
+    def _cmd_search(self, args: str) -> Outcome:
+        if not args:
+            return Outcome(ok=False, error="!search needs some text to look for")
+        needle = args.lower()
+        for index, line in enumerate(self.history[:-1]):
+            if needle in line.lower():
+                print(f"[{index}] {line}", file=self.out)
+        self.out.flush()
+        return Outcome()
+
+    def _cmd_recall(self, args: str) -> Outcome:
+        index = int(args)
+        if not 0 <= index < len(self.history):
+            return Outcome(ok=False, error=f"no history line {index} (there are {len(self.history)}; see !history)")
+        return Outcome(edit=self.history[index])
+
+    def _cmd_fetch(self, args: str) -> Outcome:
+        from invoke_repl.outputs import read_request
+
+        if not args:
+            return Outcome(ok=False, error="!fetch needs a PNG file made by invoke-repl, InvokeAI or AUTOMATIC1111")
+        path = Path(_unquote(args)).expanduser()
+        if not path.is_file():
+            return Outcome(ok=False, error=f"!fetch: no such file: {path}")
+        request = read_request(path)
+        return Outcome(edit=canonical(request))
+
+    def _cmd_replay(self, args: str) -> Outcome:
+        if not args:
+            return Outcome(ok=False, error="!replay needs a file of commands")
+        path = Path(_unquote(args)).expanduser()
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as exc:
+            return Outcome(ok=False, error=f"!replay: cannot read {path}: {exc.strerror or exc}")
+        failures, cancelled = self.run_lines(lines, source=str(path))
+        if cancelled:
+            return Outcome(ok=False, error="cancelled", cancelled=True)
+        if failures:
+            return Outcome(ok=False, error=f"!replay {path}: {failures} line(s) failed")
+        return Outcome()
+
+    # model commands: thin wrappers, the manager owns the catalogue and the cache
+    def _cmd_models(self, args: str) -> Outcome:
+        for info in self.manager.list_models():
+            print(_format_model(info), file=self.out)
+        self.out.flush()
+        return Outcome()
+
+    def _cmd_switch(self, args: str) -> Outcome:
+        if not args:
+            return Outcome(ok=False, error="!switch needs a model name (see !models)")
+        self.manager.switch(_unquote(args))
+        print(f"active model: {self.manager.active_name}", file=self.out, flush=True)
+        return Outcome()
+
+    def _cmd_import_model(self, args: str) -> Outcome:
+        words = _split(args)
+        if not words:
+            return Outcome(
+                ok=False, error="!import_model needs a path: !import_model PATH [--name N] [--description D]"
+            )
+        path, options = words[0], _options(words[1:], {"--name": str, "--description": str, "--default": bool})
+        name = self.manager.import_model(
+            Path(path).expanduser(),
+            name=options.get("--name"),
+            description=options.get("--description"),
+            default=bool(options.get("--default", False)),
+        )
+        print(f"imported model {name}", file=self.out, flush=True)
+        return Outcome()
+
+    def _cmd_edit_model(self, args: str) -> Outcome:
+        words = _split(args)
+        if len(words) < 2 or any("=" not in w for w in words[1:]):
+            return Outcome(ok=False, error="usage: !edit_model NAME key=value ...")
+        fields = dict(w.split("=", 1) for w in words[1:])
+        self.manager.edit_model(words[0], **fields)
+        print(f"updated model {words[0]}", file=self.out, flush=True)
+        return Outcome()
+
+    def _cmd_del_model(self, args: str) -> Outcome:
+        if not args:
+            return Outcome(ok=False, error="!del_model needs a model name")
+        self.manager.del_model(_unquote(args))
+        print(f"removed {args} from the catalogue (its files are untouched)", file=self.out, flush=True)
+        return Outcome()
+
+
+def _format_model(info: Any) -> str:
+    mark = "*" if getattr(info, "active", False) else " "
+    size = getattr(info, "size_bytes", None)
+    size_text = f"{size / 2**20:8.1f} MiB" if isinstance(size, (int, float)) and size else "       -    "
+    return f"{mark} {info.name:<20} {info.format:<11} {size_text}  {info.state:<10} {info.description or ''}".rstrip()
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _split(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise RequestError(f"cannot read arguments: {exc}") from exc
+
+
+def _options(words: list[str], spec: dict[str, type]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    index = 0
+    while index < len(words):
+        word = words[index]
+        key, _, inline = word.partition("=")
+        if key not in spec:
+            raise RequestError(f"unknown option {key}; expected one of {', '.join(spec)}")
+        if spec[key] is bool:
+            found[key] = True
+        else:
+            if inline:
+                found[key] = inline
+            elif index + 1 < len(words):
+                index += 1
+                found[key] = words[index]
+            else:
+                raise RequestError(f"{key} needs a value")
+        index += 1
+    return found
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename:
+        text = f"{exc.strerror or text}: {exc.filename}"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first if len(first) <= 300 else first[:297] + "..."
+
+
+def default_outdir() -> Path:
+    return Path(os.environ.get("INVOKE_REPL_OUTDIR", "outputs"))

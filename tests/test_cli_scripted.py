@@ -1,0 +1,157 @@
+"""Scripted sessions as a user runs them: a pipe into a real `python -m invoke_repl` process.
+
+These pin issue 2's acceptance lines: the seed's img2img line writes the right file, metadata and announcement; the
+legacy dialect's spelling of the same line gives identical pixels; broken lines each give one `line N:` error and
+the run goes on with exit status 1; nothing prints a Python traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.clirun import REPO, run_cli, tiny_catalogue
+
+FIRE = REPO / "invoke_repl" / "embedded" / "fire-drawing.png"
+SEED_LINE = '"fire" -S10 -s0.7 -I fire.png -A k_lms --seed 1592514025\n'
+LEGACY_LINE = '"fire" -s10 -S1592514025 -f0.7 -I fire.png -Ak_lms\n'
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path) -> Path:
+    if FIRE.exists():
+        shutil.copy(FIRE, tmp_path / "fire.png")
+    else:  # the embedded model's drawing is not there yet: any small picture will do
+        Image.new("RGB", (64, 64), (200, 80, 20)).save(tmp_path / "fire.png")
+    tiny_catalogue(tmp_path)
+    return tmp_path
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_seed_line_writes_named_file_metadata_and_announcement(workdir: Path) -> None:
+    result = run_cli(["--outdir", "D", "--no-progress"], workdir, stdin=SEED_LINE)
+    assert result.returncode == 0, result.stderr
+    image = workdir / "D" / "000001.1592514025.png"
+    assert image.is_file()
+    with Image.open(image) as png:
+        meta = json.loads(png.text["sd-metadata"])
+        dream = png.text["Dream"]
+    assert meta["image"]["steps"] == 10
+    assert meta["image"]["strength"] == pytest.approx(0.7)
+    assert meta["image"]["sampler"] == "k_lms"
+    assert meta["image"]["steps_taken"] == 7
+    assert dream.startswith('"fire"') and "-s10" in dream and "-S1592514025" in dream
+    first = result.stdout.splitlines()[0]
+    assert first.startswith('[1] D/000001.1592514025.png: "fire" --steps 10 ')
+    assert "--seed 1592514025" in first and "--strength 0.7" in first and "--sampler k_lms" in first
+    log = (workdir / "D" / "invoke_log.txt").read_text()
+    assert first in log
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_legacy_dialect_gives_pixel_identical_image(workdir: Path) -> None:
+    guide = run_cli(["--outdir", "G", "--no-progress"], workdir, stdin=SEED_LINE)
+    legacy = run_cli(["--outdir", "L", "--dialect", "legacy", "--no-progress"], workdir, stdin=LEGACY_LINE)
+    assert guide.returncode == 0 and legacy.returncode == 0, guide.stderr + legacy.stderr
+    a = _pixels(workdir / "G" / "000001.1592514025.png")
+    b = _pixels(workdir / "L" / "000001.1592514025.png")
+    assert np.array_equal(a, b)
+    # the announced canonical lines are the same too: they use long switches only
+    assert guide.stdout.split(": ", 1)[1] == legacy.stdout.split(": ", 1)[1]
+
+
+def test_broken_lines_report_line_numbers_and_the_run_goes_on(workdir: Path) -> None:
+    script = "\n".join(
+        [
+            "# a comment, then a blank line",
+            "",
+            '"cat" -S ten',  # 3: not a number
+            '"cat" -Q5',  # 4: unknown switch
+            '"cat" -A k_lmz',  # 5: unknown sampler
+            '"cat -S5',  # 6: unclosed quote
+            '"cat" -I missing.png -S5',  # 7: init image missing
+            '"cat" -s50',  # 8: other dialect's meaning
+            '"cat" -S3 --seed 7',  # 9: fine
+        ]
+    )
+    result = run_cli(["--outdir", "D", "--no-progress"], workdir, stdin=script + "\n")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("line ")]
+    assert [e.split(":")[0] for e in errors] == [f"line {n}" for n in range(3, 9)]
+    assert "ten" in errors[0]
+    assert "-Q" in errors[1]
+    assert "k_lmz" in errors[2] and "k_lms" in errors[2]
+    assert "quote" in errors[3]
+    assert "missing.png" in errors[4]
+    assert "legacy" in errors[5]
+    assert len(list((workdir / "D").glob("*.png"))) == 1
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_from_file_and_n3_seeds_and_exit_zero(workdir: Path) -> None:
+    (workdir / "script.txt").write_text('"dots" -S2 -n 3 --seed 5\n')
+    result = run_cli(["--outdir", "D", "--from-file", "script.txt", "--no-progress"], workdir)
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in (workdir / "D").glob("*.png"))
+    assert names == ["000001.5.png", "000001.6.png", "000001.7.png"]
+    assert [line.split("]")[0] for line in result.stdout.splitlines()] == ["[1", "[2", "[3"]
+
+
+def test_same_script_twice_gives_byte_identical_pixels(workdir: Path) -> None:
+    script = '"fire" -S10 -s0.4 -I fire.png -A k_lms --seed 1592514025 --save-steps\n"fire" -S10 --seed 3\n'
+    for folder in ("A", "B"):
+        assert run_cli(["--outdir", folder, "--no-progress"], workdir, stdin=script).returncode == 0
+    names = sorted(p.name for p in (workdir / "A").glob("*.png"))
+    assert "000001.1592514025.steps.png" in names
+    for name in names:
+        assert np.array_equal(_pixels(workdir / "A" / name), _pixels(workdir / "B" / name)), name
+    with Image.open(workdir / "A" / "000001.1592514025.steps.png") as strip:
+        assert strip.text.get("Frames") == "4"
+
+
+def test_previous_seed_and_previous_image_references(workdir: Path) -> None:
+    script = '"a" -S2 --seed 11\n"b" -S2 --seed -1 -I -1 -s0.5\n'
+    result = run_cli(["--outdir", "D", "--no-progress"], workdir, stdin=script)
+    assert result.returncode == 0, result.stderr
+    second = result.stdout.splitlines()[1]
+    assert "--seed 11" in second and "--init-img D/000001.11.png" in second
+
+
+def test_previous_reference_without_previous_image_is_a_line_error(workdir: Path) -> None:
+    result = run_cli(["--outdir", "D", "--no-progress"], workdir, stdin='"a" --seed -1\n')
+    assert result.returncode == 1
+    assert result.stderr.startswith("line 1: ") and "previous" in result.stderr
+
+
+def test_commands_without_generation_do_not_import_torch(workdir: Path) -> None:
+    script = "!help\n!dialect legacy\n!history\n"
+    probe = (
+        "import sys, runpy; sys.argv=['invoke-repl','--outdir','D'];"
+        "code=0\ntry:\n runpy.run_module('invoke_repl', run_name='__main__')\nexcept SystemExit as e:\n code=e.code\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code, file=sys.stderr)"
+    )
+    import subprocess
+    import sys
+
+    from tests.clirun import isolated_env
+
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        input=script,
+        capture_output=True,
+        text=True,
+        env=isolated_env(workdir),
+        cwd=workdir,
+        timeout=60,
+    )
+    assert "NO-TORCH 0" in result.stderr, result.stderr
+    assert "dialect: legacy" in result.stdout

@@ -1,0 +1,93 @@
+"""The interactive prompt on a real pseudo-terminal: what a person at a keyboard sees.
+
+Pins issue 2's terminal acceptance: the prompt appears; Tab after `-A k_` offers `k_lms`; history survives a
+restart; Ctrl-C at the prompt clears the line; Ctrl-C during a long generation returns to `invoke>` with the
+session alive; a pasted block runs line by line, each its own history entry.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.clirun import Terminal, tiny_catalogue
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+
+PROMPT = "invoke>"  # prompt_toolkit draws the trailing space as a cursor move
+
+
+def _start(tmp: Path, *extra: str) -> Terminal:
+    tiny_catalogue(tmp)
+    terminal = Terminal(["--outdir", "out", "--history-file", str(tmp / "history"), *extra], tmp)
+    terminal.read_until(PROMPT, timeout=60)
+    return terminal
+
+
+def test_tab_after_sampler_switch_offers_k_lms(tmp_path: Path) -> None:
+    terminal = _start(tmp_path)
+    try:
+        terminal.send('"x" -A k_')
+        terminal.send("\t")
+        assert b"k_lms" in terminal.read_until("k_lms", timeout=20)
+        terminal.send("\x03")  # Ctrl-C clears the line, the session stays
+        terminal.read_until(PROMPT, timeout=20)
+        terminal.send("!dialect\r")
+        terminal.read_until("dialect: guide", timeout=20)
+    finally:
+        assert terminal.close() == 0
+
+
+def test_history_survives_a_restart_and_paste_runs_each_line(tmp_path: Path) -> None:
+    terminal = _start(tmp_path)
+    try:
+        # a bracketed paste of two lines: each runs, each becomes its own history entry
+        terminal.send("\x1b[200~!dialect legacy\r!dialect guide\x1b[201~\r")
+        terminal.read_until("dialect: legacy", timeout=20)
+        terminal.read_until("dialect: guide", timeout=20)
+        terminal.read_until(PROMPT, timeout=20)
+    finally:
+        assert terminal.close() == 0
+    lines = (tmp_path / "history").read_text().splitlines()
+    assert lines[-2:] == ["!dialect legacy", "!dialect guide"]
+
+    again = _start(tmp_path)
+    try:
+        again.send("!history\r")
+        shown = again.read_until("] !dialect guide", timeout=20)
+        assert b"] !dialect legacy" in shown
+        again.read_until(PROMPT, timeout=20)
+        again.send("\x1b[A")  # Up arrow recalls the last line from the restored history
+        again.read_until("!history", timeout=20)
+    finally:
+        again.close()
+
+
+def test_ctrl_c_during_generation_returns_to_the_prompt(tmp_path: Path) -> None:
+    terminal = _start(tmp_path)
+    try:
+        terminal.send('"long one" --steps 1000 --seed 3\r')
+        terminal.read_until("/1000", timeout=120)  # the progress bar is running
+        terminal.send("\x03")
+        terminal.read_until("cancelled", timeout=30)
+        terminal.read_until(PROMPT, timeout=30)
+        terminal.send('"short" --steps 2 --seed 4\r')
+        terminal.read_until("000001.4.png", timeout=60)  # the session is alive, the prefix was not used up
+        terminal.read_until(PROMPT, timeout=30)
+    finally:
+        assert terminal.close() == 0
+    assert not list((tmp_path / "out").glob("*.3.png"))
+
+
+def test_corrupt_history_file_is_set_aside_with_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "history").write_bytes(b"\xff\xfe\x00garbage")
+    terminal = _start(tmp_path)
+    try:
+        terminal.send("!dialect\r")
+        terminal.read_until("dialect: guide", timeout=20)
+    finally:
+        assert terminal.close() == 0
+    assert b"moved to" in terminal.seen
+    assert list(tmp_path.glob("history.corrupt-*"))
