@@ -21,8 +21,15 @@ def clip_tokenizer_dir() -> Path:
 
 
 def shipped_catalogue() -> Path:
-    """The `models.yaml` that ships with the repository (the catalogue of defaults)."""
-    for candidate in (REPO_DIR / "models.yaml", PACKAGE_DIR / "configs" / "models.yaml"):
+    """The `models.yaml` that ships with the repository (the catalogue of defaults).
+
+    A checkout has it at the top; a wheel installs it as data under `{prefix}/share/invoke-repl/` (pyproject's
+    data-files), since setuptools cannot place a top-level file inside a package.
+    """
+    import sys
+
+    installed = Path(sys.prefix) / "share" / "invoke-repl" / "models.yaml"
+    for candidate in (REPO_DIR / "models.yaml", installed):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError("invoke-repl's models.yaml is missing (reinstall the package)")
