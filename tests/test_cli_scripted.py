@@ -45,11 +45,15 @@ def test_seed_line_writes_named_file_metadata_and_announcement(workdir: Path) ->
     with Image.open(image) as png:
         meta = json.loads(png.text["sd-metadata"])
         dream = png.text["Dream"]
+        parameters = png.text["parameters"]
     assert meta["image"]["steps"] == 10
     assert meta["image"]["strength"] == pytest.approx(0.7)
     assert meta["image"]["sampler"] == "k_lms"
     assert meta["image"]["steps_taken"] == 7
     assert dream.startswith('"fire"') and "-s10" in dream and "-S1592514025" in dream
+    lines = parameters.splitlines()
+    assert lines[0] == "fire" and lines[1].startswith("Negative prompt:")
+    assert lines[2].startswith("Steps: 10, Sampler: ") and "Denoising strength: 0.7" in lines[2]
     first = result.stdout.splitlines()[0]
     assert first.startswith('[1] D/000001.1592514025.png: "fire" --steps 10 ')
     assert "--seed 1592514025" in first and "--strength 0.7" in first and "--sampler k_lms" in first
@@ -106,16 +110,24 @@ def test_from_file_and_n3_seeds_and_exit_zero(workdir: Path) -> None:
     assert [line.split("]")[0] for line in result.stdout.splitlines()] == ["[1", "[2", "[3"]
 
 
-def test_same_script_twice_gives_byte_identical_pixels(workdir: Path) -> None:
-    script = '"fire" -S10 -s0.4 -I fire.png -A k_lms --seed 1592514025 --save-steps\n"fire" -S10 --seed 3\n'
+def test_walkthrough_replays_with_step_strips_and_is_byte_identical_twice(workdir: Path) -> None:
+    """The seed document's walkthrough: 0.7 of 10 steps → 7 frames, 0.4 → 4, no init image → 10."""
+    base = '"fire" -S10 -A k_lms --seed 1592514025 --save-steps'
+    script = f"{base} -s0.7 -I fire.png\n{base} -s0.4 -I fire.png\n{base}\n"
     for folder in ("A", "B"):
-        assert run_cli(["--outdir", folder, "--no-progress"], workdir, stdin=script).returncode == 0
+        result = run_cli(["--outdir", folder, "--no-progress"], workdir, stdin=script)
+        assert result.returncode == 0, result.stderr
+    expected = {1: ("7", 7), 2: ("4", 4), 3: ("10", 10)}
+    for prefix, (frames, taken) in expected.items():
+        image = workdir / "A" / f"{prefix:06d}.1592514025.png"
+        with Image.open(image) as png:
+            assert json.loads(png.text["sd-metadata"])["image"]["steps_taken"] == taken
+        with Image.open(workdir / "A" / f"{prefix:06d}.1592514025.steps.png") as strip:
+            assert strip.text.get("Frames") == frames
     names = sorted(p.name for p in (workdir / "A").glob("*.png"))
-    assert "000001.1592514025.steps.png" in names
+    assert len(names) == 6
     for name in names:
         assert np.array_equal(_pixels(workdir / "A" / name), _pixels(workdir / "B" / name)), name
-    with Image.open(workdir / "A" / "000001.1592514025.steps.png") as strip:
-        assert strip.text.get("Frames") == "4"
 
 
 def test_previous_seed_and_previous_image_references(workdir: Path) -> None:
