@@ -31,6 +31,8 @@ def load_init_image(path: str | os.PathLike[str]) -> Image.Image:
         raise InitImageError(f"init image not found: {where}")
     if where.is_dir():
         raise InitImageError(f"init image is a directory, not a file: {where}")
+    if not where.is_file():  # a FIFO, /dev/stdin or a device would block the session or never end
+        raise InitImageError(f"init image is not a regular file: {where}")
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1× and 2× MAX_IMAGE_PIXELS; treat that as the limit too.

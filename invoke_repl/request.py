@@ -48,6 +48,8 @@ MIN_STEPS, MAX_STEPS = 1, 1000
 MIN_SIZE, MAX_SIZE = 8, 4096
 MAX_ITERATIONS = 1000
 MAX_CFG = 100.0
+MAX_PROMPT_CHARS = 4000
+MAX_PROMPT_NESTING = 32
 
 
 class RequestError(ValueError):
@@ -140,12 +142,33 @@ def _one_line(name: str, value: str) -> None:
         raise RequestError(f"{name} contains a control character (U+{ord(bad):04X}); a command is one line of text")
 
 
+def _prompt_text(name: str, value: str) -> None:
+    """Bounds that keep prompt weighting (compel) fast and finite.
+
+    compel's parser is roughly quadratic in bracket count (1,200 `[` took 4.5 s here) and recursive in nesting
+    depth (a few hundred `(` raised RecursionError), per the robustness fuzzing of 2026-11-27. Real prompts are far
+    inside both limits: 77-token chunks of CLIP hold ~300 characters each, so 4,000 characters is ~13 chunks.
+    """
+    _one_line(name, value)
+    if len(value) > MAX_PROMPT_CHARS:
+        raise RequestError(f"{name} is {len(value):,} characters long; the limit is {MAX_PROMPT_CHARS:,}")
+    depth = deepest = 0
+    for char in value:
+        if char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}" and depth:
+            depth -= 1
+    if deepest > MAX_PROMPT_NESTING:
+        raise RequestError(f"{name} nests brackets {deepest} deep; the limit is {MAX_PROMPT_NESTING}")
+
+
 def validate(r: Request) -> None:
     """Raise RequestError with a specific one-line message for the first thing wrong with `r`."""
     if not isinstance(r.prompt, str) or not isinstance(r.negative, str):
         raise RequestError("prompt and negative prompt must be text")
-    _one_line("prompt", r.prompt)
-    _one_line("negative prompt", r.negative)
+    _prompt_text("prompt", r.prompt)
+    _prompt_text("negative prompt", r.negative)
     _integer("steps", r.steps, MIN_STEPS, MAX_STEPS)
     if r.seed is not None and r.seed != PREVIOUS:
         _integer("seed", r.seed, 0, MAX_SEED)

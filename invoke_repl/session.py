@@ -43,11 +43,14 @@ class GenerationCancelled(Exception):
 
 
 OOM_HINT = "out of memory: try a smaller -W/-H, fewer images (-n), or --precision float16/bfloat16"
+CANCEL_POLL_SECONDS = 0.05  # how often a line waiting for a model load looks at the cancel flag
 
 
 def _is_oom(exc: BaseException) -> bool:
     name = type(exc).__name__
-    return name == "OutOfMemoryError" or (isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc))
+    if name == "OutOfMemoryError" or isinstance(exc, MemoryError):  # torch's device OOM; host RAM
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 class Session:
@@ -77,6 +80,8 @@ class Session:
         self.last_path: Path | None = None
         self.seeds_used: list[int] = []
         self._told: set[str] = set()
+        self._manager_work: threading.Thread | None = None  # a model load a cancelled line left running
+        self._replaying: set[str] = set()
 
     # ----------------------------------------------------------------- model manager (lazy, maybe background)
     @property
@@ -123,10 +128,13 @@ class Session:
         except KeyboardInterrupt:
             return Outcome(ok=False, error="cancelled", cancelled=True)
         except Exception as exc:  # the REPL must survive anything a line can trigger
-            if _is_oom(exc):
-                self._free_memory()
-                return Outcome(ok=False, error=OOM_HINT)
-            return Outcome(ok=False, error=_one_line(exc))
+            out_of_memory = _is_oom(exc)
+            failed = Outcome(ok=False, error=OOM_HINT if out_of_memory else _one_line(exc))
+        # Outside the except block: the traceback (and the failed generation's tensors in its frames) is gone now,
+        # so collecting and emptying the device cache can actually give that memory back.
+        if out_of_memory:
+            self._free_memory()
+        return failed
 
     def run_lines(self, lines: Iterable[str], source: str | None = None) -> tuple[int, bool]:
         """Scripted mode: every line is a command; errors go to `err` as `line N: message`.
@@ -222,10 +230,45 @@ class Session:
             self._say(warning)
 
     def _components(self, name: str | None) -> Any:
-        manager = self.manager
-        if name is None:
-            return manager.get()
-        return manager.get(name)
+        return self._with_manager(lambda manager: manager.get() if name is None else manager.get(name))
+
+    def _with_manager(self, call: Callable[[ModelManager], Any]) -> Any:
+        """`call(manager)` in a helper thread, waited for in a way Ctrl-C (`self.cancel`) can end at once.
+
+        Creating the manager (importing torch) and loading a model take seconds to minutes, in code that cannot be
+        interrupted; the line gives up waiting instead (GenerationCancelled) and the work goes on in the
+        background. The next line that needs the manager first waits for that leftover work, so a load finishing
+        late never evicts a model from under a running generation.
+        """
+        leftover = self._manager_work
+        if leftover is not None:
+            self._wait_for(leftover)
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["value"] = call(self.manager)
+            except BaseException as exc:  # handed to the waiting line
+                box["error"] = exc
+
+        thread = threading.Thread(target=work, name="invoke-repl-model", daemon=True)
+        self._manager_work = thread
+        thread.start()
+        self._wait_for(thread)
+        self._manager_work = None
+        if "error" in box:
+            error = box.pop("error")
+            try:
+                raise error
+            finally:
+                del error
+        return box["value"]
+
+    def _wait_for(self, thread: threading.Thread) -> None:
+        while thread.is_alive():
+            if self.cancel.is_set():
+                raise GenerationCancelled()
+            thread.join(CANCEL_POLL_SECONDS)
 
     def _free_memory(self) -> None:
         gc.collect()
@@ -307,11 +350,20 @@ class Session:
         if not args:
             return Outcome(ok=False, error="!replay needs a file of commands")
         path = Path(_unquote(args)).expanduser()
+        if path.exists() and not path.is_file():  # a folder, or a device/FIFO that would never end (/dev/zero)
+            return Outcome(ok=False, error=f"!replay: {path} is not a regular file")
         try:
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError as exc:
             return Outcome(ok=False, error=f"!replay: cannot read {path}: {exc.strerror or exc}")
-        failures, cancelled = self.run_lines(lines, source=str(path))
+        key = os.path.realpath(path)
+        if key in self._replaying:
+            return Outcome(ok=False, error=f"!replay: {path} is already being replayed (a file cannot replay itself)")
+        self._replaying.add(key)
+        try:
+            failures, cancelled = self.run_lines(lines, source=str(path))
+        finally:
+            self._replaying.discard(key)
         if cancelled:
             return Outcome(ok=False, error="cancelled", cancelled=True)
         if failures:
@@ -320,7 +372,7 @@ class Session:
 
     # model commands: thin wrappers, the manager owns the catalogue and the cache
     def _cmd_models(self, args: str) -> Outcome:
-        for info in self.manager.list_models():
+        for info in self._with_manager(lambda manager: manager.list_models()):
             print(_format_model(info), file=self.out)
         self.out.flush()
         return Outcome()
@@ -328,7 +380,8 @@ class Session:
     def _cmd_switch(self, args: str) -> Outcome:
         if not args:
             return Outcome(ok=False, error="!switch needs a model name (see !models)")
-        self.manager.switch(_unquote(args))
+        name = _unquote(args)
+        self._with_manager(lambda manager: manager.switch(name))
         print(f"active model: {self.manager.active_name}", file=self.out, flush=True)
         return Outcome()
 
@@ -339,11 +392,13 @@ class Session:
                 ok=False, error="!import_model needs a path: !import_model PATH [--name N] [--description D]"
             )
         path, options = words[0], _options(words[1:], {"--name": str, "--description": str, "--default": bool})
-        name = self.manager.import_model(
-            Path(path).expanduser(),
-            name=options.get("--name"),
-            description=options.get("--description"),
-            default=bool(options.get("--default", False)),
+        name = self._with_manager(
+            lambda manager: manager.import_model(
+                Path(path).expanduser(),
+                name=options.get("--name"),
+                description=options.get("--description"),
+                default=bool(options.get("--default", False)),
+            )
         )
         print(f"imported model {name}", file=self.out, flush=True)
         return Outcome()
@@ -353,14 +408,15 @@ class Session:
         if len(words) < 2 or any("=" not in w for w in words[1:]):
             return Outcome(ok=False, error="usage: !edit_model NAME key=value ...")
         fields = dict(w.split("=", 1) for w in words[1:])
-        self.manager.edit_model(words[0], **fields)
+        self._with_manager(lambda manager: manager.edit_model(words[0], **fields))
         print(f"updated model {words[0]}", file=self.out, flush=True)
         return Outcome()
 
     def _cmd_del_model(self, args: str) -> Outcome:
         if not args:
             return Outcome(ok=False, error="!del_model needs a model name")
-        self.manager.del_model(_unquote(args))
+        name = _unquote(args)
+        self._with_manager(lambda manager: manager.del_model(name))
         print(f"removed {args} from the catalogue (its files are untouched)", file=self.out, flush=True)
         return Outcome()
 

@@ -103,3 +103,14 @@ def test_exif_orientation_is_applied(tmp_path):
     loaded = load_init_image(_save(image, tmp_path / "phone.jpg", exif=exif, quality=95))
     assert loaded.size == (20, 40)
     assert loaded.getpixel((10, 3))[0] > 200 and loaded.getpixel((10, 36))[0] < 50  # the strip is now on top
+
+
+def test_fifo_is_refused_without_blocking(tmp_path) -> None:
+    import os
+
+    from invoke_repl.images import InitImageError, load_init_image
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(InitImageError, match="not a regular file"):
+        load_init_image(fifo)

@@ -85,3 +85,16 @@ def test_control_character_finder() -> None:
     assert control_character("a dog's life, ünïcödé 🔥") is None
     assert control_character("a\x85b") == "\x85"
     assert control_character("\ud800") == "\ud800"
+
+
+def test_prompt_length_and_bracket_depth_are_bounded_for_compel() -> None:
+    from invoke_repl.request import MAX_PROMPT_CHARS, MAX_PROMPT_NESTING, Request, RequestError
+
+    Request(prompt="x" * MAX_PROMPT_CHARS)
+    Request(prompt="(" * MAX_PROMPT_NESTING + "cat" + ")" * MAX_PROMPT_NESTING)
+    with pytest.raises(RequestError, match="10,000 characters long; the limit is 4,000"):
+        Request(prompt="y" * 10_000)
+    with pytest.raises(RequestError, match="nests brackets 33 deep"):
+        Request(prompt="(" * 33 + "cat" + ")" * 33)
+    with pytest.raises(RequestError, match="negative prompt is"):
+        Request(prompt="ok", negative="z" * 4001)

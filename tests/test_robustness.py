@@ -1,0 +1,425 @@
+"""Issue 6 through the session, in process: init images, out of memory, cancellation during a model load, full or
+read-only output folders, `!fetch` of hostile metadata, unwritable history and log files.
+
+One real model manager (tiny-random, loaded once) serves every test; each failure must be one line, leave no
+partial file behind, and the same session must make an image right after it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import gc
+import io
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, PngImagePlugin
+
+from invoke_repl import outputs
+from invoke_repl import session as session_module
+from invoke_repl.commands import parse
+from invoke_repl.repl import CommandHistory, run_with_cancel
+from invoke_repl.session import OOM_HINT, Session
+from tests.clirun import tiny_catalogue
+from tests.test_session_fuzz import bomb_png
+
+GOOD = '"after" --steps 2 --seed 9'
+
+
+@pytest.fixture(scope="module")
+def manager(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from invoke_repl.models import ModelManager, open_catalogue
+
+    manager = ModelManager(open_catalogue(tiny_catalogue(tmp_path_factory.mktemp("catalogue"))), device="cpu")
+    manager.get()
+    return manager
+
+
+def make_session(manager: Any, outdir: Path, **kwargs: Any) -> Session:
+    return Session(lambda: manager, outdir=outdir, out=io.StringIO(), err=io.StringIO(), progress=False, **kwargs)
+
+
+def one_line_error(outcome: Any, *needles: str) -> str:
+    assert not outcome.ok, "the line should have failed"
+    error = outcome.error
+    assert error and "\n" not in error and "\r" not in error, error
+    for needle in needles:
+        assert needle in error, (needle, error)
+    return error
+
+
+def goes_on(session: Session, outdir: Path | None = None) -> Path:
+    outcome = session.run_line(GOOD + (f' -o "{outdir}"' if outdir else ""))
+    assert outcome.ok and outcome.images == 1, outcome.error
+    assert session.last_path is not None and session.last_path.is_file()
+    return session.last_path
+
+
+def no_debris(folder: Path) -> None:
+    """No temp file, and every PNG under a final name is complete."""
+    assert not list(folder.rglob(".invoke-*.tmp"))
+    for png in folder.rglob("*.png"):
+        with Image.open(png) as image:
+            image.load()
+
+
+# ------------------------------------------------------------------------------------- 2. init images
+def _init_images(d: Path) -> dict[str, tuple[Path, str | None]]:
+    """name → (path, None if it must work, else a word the one-line error must contain)."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8))
+    cases: dict[str, tuple[Path, str | None]] = {}
+    cases["missing"] = (d / "missing.png", "not found")
+    (d / "folder.png").mkdir()
+    cases["directory"] = (d / "folder.png", "directory")
+    (d / "text.png").write_text("not an image at all")
+    cases["not an image"] = (d / "text.png", "not an image")
+    rgb.save(d / "full.png")
+    (d / "truncated.png").write_bytes((d / "full.png").read_bytes()[:300])
+    cases["truncated"] = (d / "truncated.png", "truncated")
+    (d / "bomb.png").write_bytes(bomb_png(30_000, 30_000))
+    cases["bomb"] = (d / "bomb.png", "too large")
+    Image.new("RGB", (1, 1), (255, 0, 0)).save(d / "one.png")
+    cases["1x1"] = (d / "one.png", None)
+    rgb.convert("CMYK").save(d / "cmyk.jpg")
+    cases["cmyk"] = (d / "cmyk.jpg", None)
+    Image.fromarray((rng.random((32, 32)) * 65535).astype(np.uint16)).save(d / "sixteen.png")
+    cases["16-bit"] = (d / "sixteen.png", None)
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(d / "palette.png")
+    cases["palette"] = (d / "palette.png", None)
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.new("L", rgb.size, 0))
+    rgba.save(d / "alpha.png")
+    cases["alpha"] = (d / "alpha.png", None)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    rgb.save(d / "rotated.jpg", exif=exif)
+    cases["exif-rotated"] = (d / "rotated.jpg", None)
+    return cases
+
+
+def test_init_images_through_the_session(manager: Any, tmp_path: Path) -> None:
+    session = make_session(manager, tmp_path / "out")
+    for name, (path, problem) in _init_images(tmp_path).items():
+        outcome = session.run_line(f'"from {name}" -I "{path}" -S4 -s0.5 --seed 5 --fit')
+        if problem is None:
+            assert outcome.ok and outcome.images == 1, (name, outcome.error)
+            with Image.open(session.last_path) as made:  # type: ignore[arg-type]
+                assert made.mode == "RGB", name
+                if name == "exif-rotated":  # 48 wide × 40 high on disk, upright it is portrait
+                    assert made.height >= made.width, made.size
+        else:
+            one_line_error(outcome, problem, str(path))
+        goes_on(session)
+    no_debris(tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------------- 3. out of memory
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\n(more details)"),
+        lambda: RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+        lambda: MemoryError(),
+    ],
+    ids=["torch.cuda.OutOfMemoryError", "RuntimeError", "MemoryError"],
+)
+def test_out_of_memory_in_the_unet(manager: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Any) -> None:
+    unet = manager.get().unet
+    held: list[weakref.ref[torch.Tensor]] = []
+    freed: list[str] = []
+    calls = {"n": 0}
+    real_forward = unet.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:  # mid-generation, after one step went through
+            hog = torch.ones(256, 1024)  # what the failed step was holding
+            held.append(weakref.ref(hog))
+            raise error()
+        return real_forward(*args, **kwargs)
+
+    real_collect = gc.collect
+
+    def collect(*args: Any) -> int:
+        freed.append("gc")
+        return real_collect(*args)
+
+    def empty_cache() -> None:  # by then the failed step's tensors must be unreachable
+        freed.append("empty_cache:" + ("freed" if all(ref() is None for ref in held) else "still held"))
+
+    monkeypatch.setattr(unet, "forward", forward)
+    monkeypatch.setattr(session_module.gc, "collect", collect)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+    session = make_session(manager, tmp_path / "out")
+    outcome = session.run_line('"big" --steps 5 -n 2 --seed 3')
+    message = one_line_error(outcome, "out of memory")
+    assert message == OOM_HINT
+    assert "-W/-H" in message and "-n" in message and "precision" in message
+    assert freed == ["gc", "empty_cache:freed"]
+    assert held and held[0]() is None
+    monkeypatch.setattr(unet, "forward", real_forward)
+    goes_on(session)
+    no_debris(tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------------- 4. cancellation
+class BlockingManager:
+    """A manager whose model load never ends by itself (a huge checkpoint on a slow disk)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.finished = threading.Event()
+
+    def get(self, name: str | None = None) -> Any:
+        self.started.set()
+        self.release.wait(60)
+        self.finished.set()
+        return self.real.get()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_cancel_during_a_model_load_ends_the_line_at_once(manager: Any, tmp_path: Path) -> None:
+    blocking = BlockingManager(manager)
+    session = make_session(blocking, tmp_path / "out")
+    timer = threading.Thread(target=lambda: (blocking.started.wait(30), time.sleep(0.2), session.cancel.set()))
+    timer.start()
+    began = time.monotonic()
+    outcome = session.run_line(GOOD)
+    waited = time.monotonic() - began
+    timer.join()
+    assert outcome.cancelled and outcome.error == "cancelled"
+    assert waited < 0.2 + 1.0, waited  # a fraction of a second after Ctrl-C, not when the load ends
+    assert not blocking.finished.is_set()
+    session.cancel.clear()
+    # the next line waits for the load the cancelled one left running, then works
+    threading.Timer(0.3, blocking.release.set).start()
+    goes_on(session)
+    assert blocking.finished.is_set()
+    assert not list((tmp_path / "out").glob("*.9.png"))[1:]  # only the image of the line that ran
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_at_the_interactive_prompt_during_a_load(manager: Any, tmp_path: Path) -> None:
+    """A real SIGINT through the REPL's handler (run_with_cancel, main thread) while the model is loading."""
+    assert threading.current_thread() is threading.main_thread()
+    blocking = BlockingManager(manager)
+    session = make_session(blocking, tmp_path / "out")
+
+    def interrupt() -> None:
+        blocking.started.wait(30)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    began = time.monotonic()
+    outcome = run_with_cancel(session, GOOD)
+    assert outcome.cancelled and time.monotonic() - began < 1.5
+    assert not session.cancel.is_set()  # cleared for the next line
+    blocking.release.set()
+    assert run_with_cancel(session, GOOD).ok
+
+
+def test_scripted_run_stops_at_a_cancelled_load(manager: Any, tmp_path: Path) -> None:
+    blocking = BlockingManager(manager)
+    session = make_session(blocking, tmp_path / "out")
+    threading.Thread(target=lambda: (blocking.started.wait(30), session.cancel.set()), daemon=True).start()
+    began = time.monotonic()
+    failures, cancelled = session.run_lines(["!dialect", GOOD, '"never" --steps 2'])
+    assert cancelled and failures == 1 and time.monotonic() - began < 5
+    assert "line 2: cancelled" in session.err.getvalue()  # type: ignore[attr-defined]
+    assert session.history == ["!dialect", GOOD]
+    blocking.release.set()
+
+
+# ------------------------------------------------------------------------------------- 5. output folders
+def _fail_with(code: int) -> Any:
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    ("where", "code", "needle"),
+    [
+        ("mkstemp", errno.EROFS, "read-only"),
+        ("mkstemp", errno.EACCES, "permission denied"),
+        ("write", errno.ENOSPC, "no space left"),
+        ("write", errno.EDQUOT, "quota"),
+        ("link", errno.ENOSPC, "no space left"),
+    ],
+)
+def test_unwritable_output_folder_through_the_session(
+    manager: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, code: int, needle: str
+) -> None:
+    out = tmp_path / "shared"
+    session = make_session(manager, out)
+    goes_on(session)  # one image there already: it must survive
+    before = sorted(p.name for p in out.iterdir())
+    with monkeypatch.context() as patch:
+        if where == "mkstemp":
+            patch.setattr(outputs.tempfile, "mkstemp", _fail_with(code))
+        elif where == "write":
+            real_write = outputs._write_all
+
+            def half(fd: int, data: bytes) -> None:
+                real_write(fd, data[: len(data) // 2])
+                raise OSError(code, os.strerror(code))
+
+            patch.setattr(outputs, "_write_all", half)
+        else:
+            patch.setattr(outputs.os, "link", _fail_with(code))
+        outcome = session.run_line('"lost" --steps 2 -n 2 --seed 40')
+        one_line_error(outcome, needle, str(out))
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing partial, no temp, log untouched
+    no_debris(out)
+    goes_on(session)
+
+
+def test_full_disk_on_the_second_image_keeps_the_first(manager: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    out = tmp_path / "out"
+    session = make_session(manager, out)
+    real_write = outputs._write_all
+    writes = {"n": 0}
+
+    def second_fails(fd: int, data: bytes) -> None:
+        writes["n"] += bytes(data[:4]) == b"\x89PNG"  # the log is appended with _write_all too
+        if writes["n"] == 2 and bytes(data[:4]) == b"\x89PNG":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(fd, data)
+
+    monkeypatch.setattr(outputs, "_write_all", second_fails)
+    one_line_error(session.run_line('"two" --steps 2 -n 2 --seed 50'), "no space left")
+    assert sorted(p.name for p in out.glob("*.png")) == ["000001.50.png"]
+    no_debris(out)
+    monkeypatch.setattr(outputs, "_write_all", real_write)
+    assert goes_on(session).name == "000002.9.png"
+
+
+def test_output_folder_under_a_file(manager: Any, tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("a file")
+    session = make_session(manager, tmp_path / "out")
+    one_line_error(session.run_line(f'"x" --steps 2 -o "{tmp_path / "plain" / "sub"}"'), "cannot save")
+    one_line_error(session.run_line(f'"x" --steps 2 -o "{tmp_path / "plain"}"'), "not a folder")
+    assert (tmp_path / "plain").read_text() == "a file"
+    goes_on(session)
+
+
+# ------------------------------------------------------------------------------------- 6. !fetch paths are text
+def test_fetch_treats_metadata_paths_as_text(manager: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "victim.png"
+    Image.new("RGB", (8, 8)).save(target)
+    canary = tmp_path / "pwned"
+    hostile = [
+        str(target),
+        f"$(touch {canary}).png",
+        f"`touch {canary}`; rm -rf /tmp/nothing.png",
+        "../../../../etc/shadow",
+        "/dev/zero",
+        "a\nb.png",
+    ]
+    created: list[int] = []
+    session = Session(
+        lambda: created.append(1) or manager, outdir=tmp_path / "out", out=io.StringIO(), err=io.StringIO()
+    )
+    opened: list[str] = []
+    real_open, real_image_open, real_os_open = builtins.open, Image.open, os.open
+
+    def watch(real: Any) -> Any:
+        def wrapper(file: Any, *args: Any, **kwargs: Any) -> Any:
+            opened.append(str(getattr(file, "name", file)))
+            return real(file, *args, **kwargs)
+
+        return wrapper
+
+    for index, path_text in enumerate(hostile):
+        meta = {
+            "model": "stable diffusion",
+            "model_id": "../../evil-model",
+            "image": {"prompt": "p", "steps": 5, "seed": 1, "type": "img2img", "strength": 0.5},
+        }
+        meta["image"]["init_image_path"] = path_text
+        info = PngImagePlugin.PngInfo()
+        info.add_text("sd-metadata", json.dumps(meta))
+        png = tmp_path / f"fetched{index}.png"
+        Image.new("RGB", (8, 8)).save(png, pnginfo=info)
+        opened.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(builtins, "open", watch(real_open))
+            patch.setattr(Image, "open", watch(real_image_open))
+            patch.setattr(os, "open", watch(real_os_open))
+            outcome = session.run_line(f'!fetch "{png}"')
+        assert outcome.ok, outcome.error
+        edit = outcome.edit
+        assert edit is not None and "\n" not in edit
+        assert all(Path(seen).name == png.name for seen in opened), opened  # only the PNG itself was read
+        request = parse(edit)
+        assert request.init_img is not None and request.init_img.replace(" ", "\n") == path_text.replace(" ", "\n")
+    assert not canary.exists()
+    # no model manager was even created (the metadata's model is not loaded), no image was made
+    assert created == [] and session.image_count == 0
+    # running the fetched line is what opens the path
+    outcome = session.run_line(f'"p" -S2 -s0.5 -I "{target}" --seed 1')
+    assert outcome.ok, outcome.error
+
+
+# ------------------------------------------------------------------------------------- 7. history and logs
+def test_unwritable_history_file_warns_once_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    warnings: list[str] = []
+    (tmp_path / "a file").write_text("x")
+    history = CommandHistory(tmp_path / "a file" / "history", warnings.append)  # parent is a file: ENOTDIR
+    assert history.read_lines() == []
+    for line in ("!dialect", "!help", "!models"):
+        history.append_string(line)
+    assert len(warnings) == 1 and "cannot write history file" in warnings[0] and "\n" not in warnings[0]
+    assert list(history.get_strings()) == ["!dialect", "!help", "!models"]  # kept in memory
+
+    warnings.clear()
+    denied = CommandHistory(tmp_path / "history", warnings.append)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "history"))
+
+    monkeypatch.setattr(builtins, "open", refuse)
+    denied.append_string("!dialect")
+    denied.append_string("!help")
+    monkeypatch.undo()
+    assert len(warnings) == 1 and "Permission denied" in warnings[0]
+    assert list(denied.get_strings()) == ["!dialect", "!help"]
+
+
+def test_history_path_is_a_directory(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    (tmp_path / "history").mkdir()
+    history = CommandHistory(tmp_path / "history", warnings.append)
+    assert history.read_lines() == []
+    history.append_string("!dialect")
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+
+
+def test_unwritable_log_is_a_warning_and_the_image_is_kept(manager: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / outputs.LOG_NAME).mkdir(parents=True)  # a folder where the log file should be
+    session = make_session(manager, out)
+    path = goes_on(session)
+    warning = session.err.getvalue()  # type: ignore[attr-defined]
+    assert "warning: could not append to the log" in warning and warning.count("\n") == 1
+    assert path.parent == out
+    goes_on(session)
