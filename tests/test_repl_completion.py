@@ -1,0 +1,64 @@
+"""Tab completion offers what the word before the cursor asks for (pinned without a terminal)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.document import Document
+
+from invoke_repl.repl import InvokeCompleter, split_commands
+from invoke_repl.session import Session
+
+
+class _Manager:
+    def model_names(self) -> list[str]:
+        return ["embedded", "tiny-random", "my-sd15"]
+
+
+def _session() -> Session:
+    session = Session(_Manager, outdir=Path("unused"))
+    session.manager  # noqa: B018 - create the stub manager so model names are known
+    return session
+
+
+def _complete(session: Session, text: str) -> list[str]:
+    completer = InvokeCompleter(session)
+    return [c.text for c in completer.get_completions(Document(text, len(text)), CompleteEvent(True))]
+
+
+def test_sampler_names_after_dash_a_attached_separate_and_long() -> None:
+    session = _session()
+    for text in ('"x" -A k_', '"x" -Ak_', '"x" --sampler k_', '"x" --sampler=k_'):
+        offered = _complete(session, text)
+        assert "k_lms" in offered and "k_euler_a" in offered and "ddim" not in offered, text
+
+
+def test_bang_commands_and_switches() -> None:
+    session = _session()
+    assert "!switch" in _complete(session, "!sw")
+    assert "--strength" in _complete(session, '"x" --str')
+
+
+def test_model_names_after_model_switch_and_bang_switch() -> None:
+    session = _session()
+    assert _complete(session, '"x" --model my') == ["my-sd15"]
+    assert set(_complete(session, "!switch ")) == {"embedded", "tiny-random", "my-sd15"}
+
+
+def test_image_paths_after_init_img(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fire-drawing.png").write_bytes(b"")
+    (tmp_path / "other.txt").write_bytes(b"")
+    offered = _complete(_session(), '"x" -I fire')
+    assert offered == ["-drawing.png"]  # PathCompleter completes the rest of the name
+
+
+def test_seeds_used_in_this_session_newest_first() -> None:
+    session = _session()
+    session.seeds_used.extend([5, 1592514025, 5])
+    assert _complete(session, '"x" --seed ') == ["5", "1592514025"]
+
+
+def test_pasted_block_splits_into_lines() -> None:
+    assert split_commands('"a" -S5\r\ninvoke> "b" -S6\r"c"') == ['"a" -S5', 'invoke> "b" -S6', '"c"']
