@@ -67,6 +67,9 @@ def make_manager_factory(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # transformers announces at import that torchvision is missing for image processors we never use; one such
+    # line per start is noise in a REPL. Real errors still surface as exceptions.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if args.max_loaded_models < 1:
         print("invoke-repl: --max-loaded-models must be at least 1", file=sys.stderr)
         return EXIT_USAGE
