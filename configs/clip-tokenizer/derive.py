@@ -8,7 +8,9 @@ Hugging Face `vocab.json`/`merges.txt` pair is a pure function of it:
             then `<|startoftext|>` and `<|endoftext|>`            (49,408 entries)
     merges.txt = "#version: 0.2" + those 48,894 merges
 
-Run:  pip download --no-deps open_clip_torch -d /tmp/w && python configs/clip-tokenizer/derive.py /tmp/w/*.whl
+Run, with invoke-repl installed:
+    pip download --no-deps open_clip_torch -d /tmp/w
+    python configs/clip-tokenizer/derive.py /tmp/w/*.whl
 The wheel's version and the gz file's sha256 are written to SOURCE.txt so the derivation can be checked.
 """
 
@@ -21,23 +23,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+from invoke_repl.bpe import bytes_to_unicode
+
 HERE = Path(__file__).resolve().parent
 MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 N_MERGES = 49152 - 256 - 2  # the count CLIP's own tokenizer keeps; gives a 49,408 vocabulary
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte → printable character map, which CLIP's BPE is defined over."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in codes), strict=True))
 
 
 def derive(wheel: Path, out: Path = HERE) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from invoke_repl.bpe import bytes_to_unicode
+
 from . import world
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -26,18 +28,6 @@ SCHEDULER_CONFIG = {
     "trained_betas": None,
     "timestep_spacing": "leading",
 }
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=False))
 
 
 def build_merges(words) -> list[tuple[str, str]]:
