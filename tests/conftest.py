@@ -28,3 +28,11 @@ def _no_user_files(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     base = tmp_path_factory.getbasetemp() / "xdg"
     for name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
         monkeypatch.setenv(name, str(base / name.lower()))
+
+
+@pytest.fixture(scope="module")
+def components():
+    """The built-in tiny-random model, fresh per test module (some modules wrap its UNet to count calls)."""
+    from invoke_repl.builtin import build_tiny_random
+
+    return build_tiny_random()

@@ -10,7 +10,6 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from invoke_repl.builtin import build_tiny_random
 from invoke_repl.generator import Cancelled, StepInfo, generate, resolve_requests
 from invoke_repl.generator import previews as previews_module
 from invoke_repl.generator.conditioning import encode_prompts
@@ -24,21 +23,6 @@ STEPS = 6
 # diffusers 0.42's k-schedulers call numpy on tensors every step, which numpy 2 flags with DeprecationWarnings;
 # recording thousands of them per test costs seconds on this machine.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: on this shared 2-core machine two threads spin against the other jobs (measured: a
-    6-step 32 px image takes 4-10 s with 2 threads under load, 0.15-0.2 s with 1)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def components():
-    return build_tiny_random()
 
 
 def _request(**changes) -> Request:

@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-from invoke_repl.builtin import build_tiny_random
 from invoke_repl.generator import generate
 from invoke_repl.generator.core import decode_latents, encode_image, plan_schedule
 from invoke_repl.generator.img2img import fit_init_image, init_size
@@ -23,20 +22,6 @@ CASES = [(10, 0.7, 7), (10, 0.4, 4), (50, 0.4, 20), (30, 0.7, 21), (100, 0.29, 2
 # diffusers 0.42's k-schedulers call numpy on tensors every step, which numpy 2 flags with DeprecationWarnings;
 # recording thousands of them per test costs seconds on this machine.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: two threads spin against the other jobs on this shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def components():
-    return build_tiny_random()
 
 
 @pytest.fixture(scope="module")

@@ -310,6 +310,21 @@ def phase_unet(
     budget = minutes * 60
     t0 = time.time() - state["elapsed"]
     last_save = time.time()
+
+    def save_checkpoint() -> None:
+        save_atomic(
+            {
+                "te": te.state_dict(),
+                "unet": unet.state_dict(),
+                "ema_te": ema_te.state_dict(),
+                "ema_unet": ema_unet.state_dict(),
+                "opt": opt.state_dict(),
+                "state": state,
+                "rng": torch.get_rng_state(),
+            },
+            ck,
+        )
+
     bar = tqdm(desc="unet", mininterval=10, initial=state["step"])
     te.train()
     unet.train()
@@ -354,35 +369,13 @@ def phase_unet(
             log(f"unet step {state['step']} loss {loss_avg:.4f} lr {lr:.2e} {el:.0f}s")
         if time.time() - last_save > 180:
             state["elapsed"] = time.time() - t0
-            save_atomic(
-                {
-                    "te": te.state_dict(),
-                    "unet": unet.state_dict(),
-                    "ema_te": ema_te.state_dict(),
-                    "ema_unet": ema_unet.state_dict(),
-                    "opt": opt.state_dict(),
-                    "state": state,
-                    "rng": torch.get_rng_state(),
-                },
-                ck,
-            )
+            save_checkpoint()
             last_save = time.time()
     bar.close()
     state["elapsed"] = time.time() - t0
     state["done"] = True
     state["final_loss"] = loss_avg
-    save_atomic(
-        {
-            "te": te.state_dict(),
-            "unet": unet.state_dict(),
-            "ema_te": ema_te.state_dict(),
-            "ema_unet": ema_unet.state_dict(),
-            "opt": opt.state_dict(),
-            "state": state,
-            "rng": torch.get_rng_state(),
-        },
-        ck,
-    )
+    save_checkpoint()
     log(f"unet done: {state['step']} steps in {state['elapsed']:.0f}s, loss {loss_avg}")
     return ema_te, ema_unet, state
 
