@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-loaded-models", type=int, default=2, help="models kept resident (default 2)")
     parser.add_argument("--history-file", type=Path, default=None, help="interactive history file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="CUDA only: compile the UNet in the background per image size (auto: in interactive sessions)",
+    )
     parser.add_argument("--version", action="version", version=f"invoke-repl {__version__}")
     return parser
 
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         outdir=outdir,
         dialect=args.dialect,
         progress=not args.no_progress,
+        compile_unet=args.compile == "on" or (args.compile == "auto" and not scripted),
     )
     if scripted:
         return run_script(session, args)

@@ -64,8 +64,12 @@ class Session:
         err: TextIO | None = None,
         progress: bool = True,
         history: list[str] | None = None,
+        compile_unet: bool = False,
     ) -> None:
         self._manager_factory = manager_factory
+        # Background UNet compiles (CUDA only) pay off over a session of many images; a one-shot script would
+        # only make its few images compete with the compiler for the GIL and the GPU.
+        self.compile_unet = compile_unet
         self._manager: ModelManager | None = None
         self._manager_lock = threading.Lock()
         self.outdir = Path(outdir)
@@ -181,6 +185,11 @@ class Session:
         components = self._components(request.model)
         from invoke_repl.generator import Cancelled, generate, sampler_substitution
 
+        if self.compile_unet:
+            from invoke_repl.accel import compiled_unets
+
+            compiled_unets(components)  # CUDA only: from now on the loop asks it for a compiled UNet
+
         note = sampler_substitution(request.sampler)
         if note and note not in self._told:
             self._told.add(note)
@@ -206,8 +215,17 @@ class Session:
         except Cancelled as exc:
             self._finish_grid(outdir, prefix, request, made)
             raise GenerationCancelled() from exc
+        finally:
+            self._compile_notices(components)
         self._finish_grid(outdir, prefix, request, made)
         return Outcome(images=len(made))
+
+    def _compile_notices(self, components: Any) -> None:
+        """Say what the GPU fast path's background compiles started or finished (and what each cost)."""
+        registry = components.extras.get("compiled_unets")
+        if registry is not None:
+            for notice in registry.take_notices():
+                self._say(notice)
 
     def _finish_grid(self, outdir: Path, prefix: int, request: Request, made: list[Any]) -> None:
         if request.grid and len(made) > 1:

@@ -1,0 +1,196 @@
+"""The GPU fast path: memory layout, fused attention projections and a compiled UNet, where they pay.
+
+Only CUDA gets it. The measurements behind it are GPU ones (issue 7, H200, SD 1.5, 512², 50 steps: torch.compile
+with channels_last took k_euler from 1.61 s to 1.12 s per image, after a 65 s compile). On this project's 2-core CPU
+a compile takes minutes for an image that takes 0.4 s, so the CPU stays eager.
+
+Interactive sessions (and ``--compile on``) compile; one-shot scripts do not, since their few images would only
+compete with the compiler. The compiled UNet is built in a background thread for each exact (input shape, context shape, dtype) the user
+generates at, while the eager UNet keeps serving: the first command at a new size never waits for a compile, and
+a later one at the same size picks the compiled UNet up once it is ready. Dynamo guards on shapes, so a compiled
+UNet is only ever called with the shapes it was built for (a mismatch would recompile inside the user's command).
+Inductor's FX graph cache lives under the user's cache folder, so a restart reuses earlier compiles.
+
+``INVOKE_REPL_FAST_PATH=0`` turns all of it off (for comparisons and bug reports); ``INVOKE_REPL_COMPILE=0`` keeps
+the layout changes but never compiles.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from invoke_repl.components import Components
+
+ShapeKey = tuple[tuple[int, ...], tuple[int, ...], str]
+
+
+def fast_path_enabled(device: torch.device) -> bool:
+    return device.type == "cuda" and os.environ.get("INVOKE_REPL_FAST_PATH", "1") != "0"
+
+
+def compile_enabled(device: torch.device) -> bool:
+    return fast_path_enabled(device) and os.environ.get("INVOKE_REPL_COMPILE", "1") != "0"
+
+
+def optimise_layout(components: Components, *, force: bool = False) -> list[str]:
+    """channels_last for the convolution-heavy UNet and VAE, fused QKV projections in the UNet's attention.
+
+    Idempotent (the steps done are kept in ``components.extras["fast_path"]``). `force` applies it on any device,
+    which is how the tests check on the CPU that it leaves the numbers alone.
+    """
+    import torch
+
+    done: list[str] = components.extras.setdefault("fast_path", [])
+    if not (force or fast_path_enabled(components.device)):
+        return done
+    if "channels_last" not in done:
+        components.unet.to(memory_format=torch.channels_last)
+        components.vae.to(memory_format=torch.channels_last)
+        done.append("channels_last")
+    if "fused_qkv" not in done:
+        try:
+            components.unet.fuse_qkv_projections()
+        except (AttributeError, ValueError):  # older diffusers, or added-KV attention: plain projections stay
+            pass
+        else:
+            done.append("fused_qkv")
+    return done
+
+
+def shape_key(sample: torch.Tensor, context: torch.Tensor) -> ShapeKey:
+    return tuple(sample.shape), tuple(context.shape), str(sample.dtype)
+
+
+@dataclass
+class _Entry:
+    state: str = "compiling"  # compiling | ready | failed
+    forward: Callable[..., Any] | None = None
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class CompiledUNets:
+    """Compiled UNets of one loaded model, keyed by exact input shapes; owns the background compile threads.
+
+    `compile_fn` turns the UNet module into a callable (torch.compile by default; the tests pass a fake).
+    `notices` collects one line per finished compile, for the session to print between commands.
+    """
+
+    compile_fn: Callable[[Any], Callable[..., Any]] | None = None
+    entries: dict[ShapeKey, _Entry] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def forward_for(self, unet: Any, sample: torch.Tensor, context: torch.Tensor) -> Callable[..., Any]:
+        """The compiled UNet for these shapes if it is ready, else `unet` itself (and a compile is started)."""
+        key = shape_key(sample, context)
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is None:
+                entry = self.entries[key] = _Entry()
+                thread = threading.Thread(
+                    target=self._compile, args=(unet, key, sample, context), name="invoke-compile", daemon=True
+                )
+                self.threads.append(thread)
+                self.notices.append(f"compiling the UNet for {_describe(key)} in the background (uncompiled meanwhile)")
+                thread.start()
+            if entry.state == "ready" and entry.forward is not None:
+                return entry.forward
+        return unet
+
+    def take_notices(self) -> list[str]:
+        with self.lock:
+            out, self.notices = self.notices, []
+        return out
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Join the compile threads (benchmarks and tests; the REPL never waits)."""
+        for thread in list(self.threads):
+            thread.join(timeout)
+
+    def _compile(self, unet: Any, key: ShapeKey, sample: torch.Tensor, context: torch.Tensor) -> None:
+        import torch
+
+        started = time.perf_counter()
+        entry = self.entries[key]
+        try:
+            compiled = (self.compile_fn or _torch_compile)(unet)
+            dummy_sample = torch.randn(sample.shape, dtype=sample.dtype, device=sample.device)
+            dummy_context = torch.randn(context.shape, dtype=context.dtype, device=context.device)
+            timestep = torch.tensor(999.0, device=sample.device)
+
+            def forward(latents: Any, t: Any, **kwargs: Any) -> Any:
+                # Timesteps come as int64 (DDIM, PLMS) or float (k-samplers); the UNet's embedding casts to float
+                # first anyway, so one float graph serves both instead of two guarded recompiles.
+                return compiled(latents, t.float(), **kwargs)
+
+            with torch.inference_mode():
+                for _ in range(2):  # the second call runs the compiled code: the compile is finished after it
+                    forward(dummy_sample, timestep, encoder_hidden_states=dummy_context, return_dict=False)
+                if sample.device.type == "cuda":
+                    torch.cuda.synchronize(sample.device)
+        except Exception as exc:  # a compile failure must never reach the user's command: eager keeps serving
+            with self.lock:
+                entry.state, entry.error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+                self.notices.append(f"compile for {_describe(key)} failed, staying uncompiled ({entry.error})")
+            return
+        seconds = time.perf_counter() - started
+        with self.lock:
+            entry.state, entry.forward, entry.seconds = "ready", forward, seconds
+            self.notices.append(f"compiled the UNet for {_describe(key)} in {seconds:.1f} s; next images use it")
+
+
+def _describe(key: ShapeKey) -> str:
+    (batch, _channels, h, w), (_b, tokens, _width), dtype = key
+    return f"latents {w}×{h} batch {batch}, {tokens} tokens, {dtype.removeprefix('torch.')}"
+
+
+def _torch_compile(unet: Any) -> Callable[..., Any]:
+    import torch
+
+    _use_disk_cache()
+    # Plain inductor: CUDA graphs ("reduce-overhead") record per thread and would re-record in the thread that
+    # serves the REPL; max-autotune had not finished after 6 minutes in issue 7's measurement.
+    return torch.compile(unet, fullgraph=False, dynamic=False)
+
+
+def _use_disk_cache() -> None:
+    """Inductor's caches under ~/.cache/invoke-repl/inductor (XDG), so restarts reuse earlier compiles."""
+    from invoke_repl.catalogue import user_cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache_dir() / "inductor"))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+
+
+def compiled_unets(components: Components) -> CompiledUNets | None:
+    """The model's compile registry when compiling is on for its device (created on first use), else None."""
+    if not compile_enabled(components.device):
+        return None
+    registry = components.extras.get("compiled_unets")
+    if registry is None:
+        registry = components.extras["compiled_unets"] = CompiledUNets()
+    return registry
+
+
+def unet_forward(components: Components, sample: torch.Tensor, context: torch.Tensor) -> Callable[..., Any]:
+    """What the denoise loop calls for these shapes: the compiled UNet when ready, else the module."""
+    registry = components.extras.get("compiled_unets")  # the session creates it when it wants compiles
+    if registry is None:
+        return components.unet
+    return registry.forward_for(components.unet, sample, context)
+
+
+def forget_compiled(components: Components) -> None:
+    """Drop compiled UNets (the model moved device or dtype: their guards and buffers no longer fit)."""
+    components.extras.pop("compiled_unets", None)

@@ -1,0 +1,193 @@
+"""The GPU fast path's logic, checked on the CPU: layout changes keep the numbers, compiles never block a command.
+
+The real torch.compile is not run here (minutes on 2 cores); a fake compiler stands in, so what is tested is the
+orchestration: eager serves while the compile runs, the compiled UNet is used only for the shapes it was built
+for, a failed compile is reported and ignored. The speed itself is measured by ``python -m invoke_repl.bench --gpu``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from invoke_repl import accel
+from invoke_repl.builtin import build_tiny_random
+from invoke_repl.generator import generate
+from invoke_repl.request import Request
+
+
+def unet_output(components, sample, context):
+    with torch.no_grad():
+        return components.unet(sample, torch.tensor(500.0), encoder_hidden_states=context, return_dict=False)[0]
+
+
+def test_layout_changes_keep_the_unet_output():
+    components = build_tiny_random()
+    torch.manual_seed(0)
+    sample = torch.randn(2, 4, 16, 16)
+    context = torch.randn(2, 77, components.text_encoder.config.hidden_size)
+    before = unet_output(components, sample, context)
+    done = accel.optimise_layout(components, force=True)
+    assert done == ["channels_last", "fused_qkv"]
+    assert components.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert any(getattr(m, "fused_projections", False) for m in components.unet.modules())
+    after = unet_output(components, sample, context)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    assert accel.optimise_layout(components, force=True) == done  # idempotent
+
+
+def test_cpu_models_stay_eager_and_unchanged(components):
+    assert accel.optimise_layout(components) == []
+    assert not any(getattr(m, "fused_projections", False) for m in components.unet.modules())
+    assert accel.compiled_unets(components) is None
+    sample, context = torch.zeros(1, 4, 8, 8), torch.zeros(1, 77, 32)
+    assert accel.unet_forward(components, sample, context) is components.unet
+
+
+class FakeCompiler:
+    """Wraps the UNet, records every shape its compiled form is called with; can block or fail on demand."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.release = threading.Event()
+        self.release.set()
+        self.calls: list[tuple] = []
+        self.built = 0
+
+    def __call__(self, unet):
+        self.release.wait(30)
+        if self.fail:
+            raise RuntimeError("inductor exploded\nsecond line")
+        self.built += 1
+
+        def compiled(sample, t, **kwargs):
+            self.calls.append((tuple(sample.shape), t.dtype, tuple(kwargs["encoder_hidden_states"].shape)))
+            return unet(sample, t, **kwargs)
+
+        return compiled
+
+
+def one_image(components, **fields):
+    request = Request(prompt="a red circle", steps=fields.pop("steps", 4), seed=fields.pop("seed", 7), **fields)
+    (result,) = generate(components, request, progress=False)
+    return np.asarray(result.image)
+
+
+def test_eager_serves_while_compiling_then_the_compiled_unet_takes_over():
+    components = build_tiny_random()
+    plain = one_image(components, sampler="ddim")
+    fake = FakeCompiler()
+    fake.release.clear()  # hold the compile: the first command must not wait for it
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(compile_fn=fake)
+    first = one_image(components, sampler="ddim")
+    assert fake.calls == [] and fake.built == 0
+    assert np.array_equal(first, plain)
+    fake.release.set()
+    registry.wait(30)
+    notices = registry.take_notices()
+    assert notices[0].startswith("compiling the UNet for latents 16×16 batch 2, 77 tokens")
+    assert (
+        notices[1].startswith("compiled the UNet for latents 16×16 batch 2") and " s; next images use it" in notices[1]
+    )
+    warmup = len(fake.calls)
+    second = one_image(components, sampler="ddim")
+    assert np.array_equal(second, plain)  # same function, so the same pixels
+    used = fake.calls[warmup:]
+    assert len(used) == 4  # every step of the second command went through the compiled UNet
+    # int64 DDIM timesteps arrive as float: one graph for every sampler
+    assert set(used) == {((2, 4, 16, 16), torch.float32, (2, 77, 32))}
+
+
+def test_a_new_shape_gets_its_own_compile_and_never_the_old_one():
+    components = build_tiny_random()
+    fake = FakeCompiler()
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(compile_fn=fake)
+    one_image(components)
+    registry.wait(30)
+    one_image(components, width=48, height=32)  # a new size starts a second compile, runs eager meanwhile
+    registry.wait(30)
+    one_image(components, width=48, height=32)
+    one_image(components, cfg_scale=1.0)  # unguided: batch 1, a third key
+    registry.wait(30)
+    assert fake.built == 3
+    keys = set(registry.entries)
+    assert {k[0] for k in keys} == {(2, 4, 16, 16), (2, 4, 8, 12), (1, 4, 16, 16)}
+    for sample_shape, _dtype, context_shape in fake.calls:
+        assert (sample_shape, context_shape) in {(k[0], k[1]) for k in keys}
+
+
+def test_failed_compile_is_reported_once_and_eager_keeps_working():
+    components = build_tiny_random()
+    plain = one_image(components)
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(compile_fn=FakeCompiler(fail=True))
+    one_image(components)
+    registry.wait(30)
+    notices = registry.take_notices()
+    assert notices[-1] == (
+        "compile for latents 16×16 batch 2, 77 tokens, float32 failed, staying uncompiled "
+        "(RuntimeError: inductor exploded)"
+    )
+    assert np.array_equal(one_image(components), plain)
+    assert registry.take_notices() == []  # not retried for the same shapes
+
+
+def test_moving_a_model_forgets_its_compiled_unets():
+    from invoke_repl.models import _move
+
+    components = build_tiny_random()
+    components.extras["compiled_unets"] = accel.CompiledUNets(compile_fn=FakeCompiler())
+    _move(components, torch.device("cpu"), None, pin=False)
+    assert "compiled_unets" not in components.extras
+
+
+@pytest.mark.parametrize(("env", "value"), [("INVOKE_REPL_FAST_PATH", "0"), ("INVOKE_REPL_COMPILE", "0")])
+def test_switches_turn_the_fast_path_off(monkeypatch, env, value):
+    monkeypatch.setenv(env, value)
+    cuda = torch.device("cuda")
+    assert not accel.compile_enabled(cuda)
+    assert accel.fast_path_enabled(cuda) == (env != "INVOKE_REPL_FAST_PATH")
+
+
+def test_session_prints_when_a_compile_starts_and_what_it_cost(tmp_path):
+    import io
+
+    from invoke_repl.models import ModelManager, open_catalogue
+    from invoke_repl.session import Session
+    from tests.clirun import tiny_catalogue
+
+    manager = ModelManager(open_catalogue(tiny_catalogue(tmp_path)), device="cpu")
+    components = manager.get()
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(compile_fn=FakeCompiler())
+    err = io.StringIO()
+    session = Session(lambda: manager, outdir=tmp_path / "out", out=io.StringIO(), err=err, progress=False)
+    assert session.run_line('"a red circle" --steps 2 --seed 1').ok
+    registry.wait(30)
+    assert session.run_line('"a red circle" --steps 2 --seed 2').ok
+    lines = err.getvalue().splitlines()
+    started = [k for k, line in enumerate(lines) if line.startswith("compiling the UNet for latents 16×16")]
+    finished = [k for k, line in enumerate(lines) if line.startswith("compiled the UNet for latents 16×16")]
+    assert len(started) == 1 and len(finished) == 1 and started[0] < finished[0], lines
+
+
+def test_cpu_session_never_creates_a_compile_registry(tmp_path):
+    import io
+
+    from invoke_repl.models import ModelManager, open_catalogue
+    from invoke_repl.session import Session
+    from tests.clirun import tiny_catalogue
+
+    manager = ModelManager(open_catalogue(tiny_catalogue(tmp_path)), device="cpu")
+    err = io.StringIO()
+    session = Session(lambda: manager, outdir=tmp_path, out=io.StringIO(), err=err, progress=False, compile_unet=True)
+    assert session.run_line('"a red circle" --steps 2 --seed 1').ok
+    assert "compiled_unets" not in manager.get().extras and "compil" not in err.getvalue()
+
+
+def test_compile_flag_defaults_to_auto():
+    from invoke_repl.cli import build_parser
+
+    assert build_parser().parse_args([]).compile == "auto"
+    assert build_parser().parse_args(["--compile", "on"]).compile == "on"
