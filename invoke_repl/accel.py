@@ -134,7 +134,7 @@ class CompiledUNets:
                 # first anyway, so one float graph serves both instead of two guarded recompiles.
                 return compiled(latents, t.float(), **kwargs)
 
-            with torch.inference_mode():
+            with torch.no_grad():  # the grad mode the denoise loop runs in: Dynamo guards on it
                 for _ in range(2):  # the second call runs the compiled code: the compile is finished after it
                     forward(dummy_sample, timestep, encoder_hidden_states=dummy_context, return_dict=False)
                 if sample.device.type == "cuda":

@@ -55,6 +55,7 @@ class FakeCompiler:
         self.release = threading.Event()
         self.release.set()
         self.calls: list[tuple] = []
+        self.modes: set[tuple[bool, bool]] = set()  # grad / inference mode seen: Dynamo guards on them
         self.built = 0
 
     def __call__(self, unet):
@@ -65,6 +66,7 @@ class FakeCompiler:
 
         def compiled(sample, t, **kwargs):
             self.calls.append((tuple(sample.shape), t.dtype, tuple(kwargs["encoder_hidden_states"].shape)))
+            self.modes.add((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
             return unet(sample, t, **kwargs)
 
         return compiled
@@ -99,6 +101,7 @@ def test_eager_serves_while_compiling_then_the_compiled_unet_takes_over():
     assert len(used) == 4  # every step of the second command went through the compiled UNet
     # int64 DDIM timesteps arrive as float: one graph for every sampler
     assert set(used) == {((2, 4, 16, 16), torch.float32, (2, 77, 32))}
+    assert fake.modes == {(False, False)}  # warm-up and serving in the same mode: no recompile in a command
 
 
 def test_a_new_shape_gets_its_own_compile_and_never_the_old_one():
