@@ -5,11 +5,12 @@ with channels_last took k_euler from 1.61 s to 1.12 s per image, after a 65 s co
 a compile takes minutes for an image that takes 0.4 s, so the CPU stays eager.
 
 Interactive sessions (and ``--compile on``) compile; one-shot scripts do not, since their few images would only
-compete with the compiler. The compiled UNet is built in a background thread for each exact (input shape, context shape, dtype) the user
-generates at, while the eager UNet keeps serving: the first command at a new size never waits for a compile, and
-a later one at the same size picks the compiled UNet up once it is ready. Dynamo guards on shapes, so a compiled
-UNet is only ever called with the shapes it was built for (a mismatch would recompile inside the user's command).
-Inductor's FX graph cache lives under the user's cache folder, so a restart reuses earlier compiles.
+compete with the compiler. The compiled UNet is built in a background thread for each exact (input shape, context
+shape, dtype) the user generates at, while the eager UNet keeps serving: the first command at a new size never
+waits for a compile, and a later one at the same size picks the compiled UNet up once it is ready. Dynamo guards
+on shapes, so a compiled UNet is only ever called with the shapes it was built for (a mismatch would recompile
+inside the user's command). Inductor's FX graph cache lives under the user's cache folder, so a restart reuses
+earlier compiles.
 
 ``INVOKE_REPL_FAST_PATH=0`` turns all of it off (for comparisons and bug reports); ``INVOKE_REPL_COMPILE=0`` keeps
 the layout changes but never compiles.
@@ -156,9 +157,15 @@ def _describe(key: ShapeKey) -> str:
 
 
 def _torch_compile(unet: Any) -> Callable[..., Any]:
+    import logging
+
     import torch
 
     _use_disk_cache()
+    # Dynamo and Inductor log graph breaks and autotuning as warnings; from a background thread they would print
+    # over the prompt. A failure still reaches the user as one line, from `CompiledUNets._compile`.
+    for name in ("torch._dynamo", "torch._inductor"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     # Plain inductor: CUDA graphs ("reduce-overhead") record per thread and would re-record in the thread that
     # serves the REPL; max-autotune had not finished after 6 minutes in issue 7's measurement.
     return torch.compile(unet, fullgraph=False, dynamic=False)
