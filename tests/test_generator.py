@@ -153,6 +153,46 @@ def test_conditioning_equals_diffusers_encode_prompt(components):
     assert torch.allclose(cond, stock_cond, atol=1e-5) and torch.allclose(uncond, stock_uncond, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("prompt", "negative"),
+    [
+        ("a red fox in the snow", ""),
+        ("a red fox, snow, 4k", "blurry, low quality"),
+        ("", ""),
+        ("Ein Fuchs im Schnee über 日本", "  spaces   around  "),
+        (" ".join(["fox"] * 75), "blurry"),  # exactly one full chunk
+    ],
+)
+def test_plain_prompts_skip_compel_with_identical_conditioning(components, monkeypatch, prompt, negative):
+    from invoke_repl.generator import conditioning
+
+    assert conditioning._plain_encode(components, prompt) is not None
+    fast = encode_prompts(components, prompt, negative)
+    monkeypatch.setattr(conditioning, "_plain_encode", lambda *_args: None)
+    through_compel = encode_prompts(components, prompt, negative)
+    for ours, theirs in zip(fast, through_compel, strict=True):
+        assert ours.shape == theirs.shape and torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a (red)++ fox",
+        "a red fox-",
+        "(fox)1.3",
+        '("a", "b").blend(1, 1)',
+        "a fox.and()",
+        "a \\(fox\\)",
+        "fox_tail",
+        " ".join(["fox"] * 76),
+    ],
+)
+def test_syntax_or_long_prompts_go_through_compel(components, text):
+    from invoke_repl.generator import conditioning
+
+    assert conditioning._plain_encode(components, text) is None
+
+
 def test_weighting_blend_and_long_prompts(components):
     plain, _ = encode_prompts(components, "a red fox")
     weighted, _ = encode_prompts(components, "a (red)++ fox-")
