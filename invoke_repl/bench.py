@@ -140,7 +140,7 @@ def stock(components: Any, request: Any, init_image: Any = None) -> Callable[[],
     kwargs: dict[str, Any] = dict(
         prompt=request.prompt,
         num_inference_steps=request.steps,
-        guidance_scale=request.cfg_scale,
+        guidance_scale=request.cfg_scale if request.cfg_scale is not None else components.default_cfg,
         output_type="pil",
     )
     if init_image is None:

@@ -12,6 +12,7 @@ Format: a mapping of model name → entry::
       vae: a VAE folder or single file                                 (optional)
       width: 512                                                       (optional native size)
       height: 512
+      cfg_scale: 4                                                     (optional: the model's default CFG)
       default: true                                                    (at most one entry)
 
 Which file is the catalogue: `--models FILE`, else `./models.yaml`, else the user's
@@ -36,7 +37,8 @@ from invoke_repl import paths
 
 FORMATS = ("diffusers", "checkpoint", "builtin")
 FAMILIES = ("sd-1", "sd-2", "sd-2-v")
-FIELDS = ("description", "format", "path", "config", "vae", "width", "height", "default")
+FIELDS = ("description", "format", "path", "config", "vae", "width", "height", "cfg_scale", "default")
+MAX_CFG = 100.0  # as request.MAX_CFG (not imported: request.py is for lines, this module for files)
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 BUILTIN_RECIPES = ("tiny-random",)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]*$")
@@ -74,6 +76,7 @@ class ModelEntry:
     vae: Path | None = None
     width: int | None = None
     height: int | None = None
+    cfg_scale: float | None = None  # the CFG a line without -C gets on this model (None: the global default)
     default: bool = False
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -171,6 +174,11 @@ def parse_entry(name: Any, data: Any, base: Path, where: str) -> ModelEntry:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 8):
             raise bad(f"{key} must be a positive multiple of 8, got {value!r}")
         sizes[key] = value
+    cfg = data.get("cfg_scale")
+    if cfg is not None:
+        if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not 0 <= cfg <= MAX_CFG:
+            raise bad(f"cfg_scale must be a number from 0 to {MAX_CFG:g}, got {cfg!r}")
+        cfg = float(cfg)
     default = data.get("default", False)
     if not isinstance(default, bool):
         raise bad(f"default must be true or false, got {default!r}")
@@ -188,6 +196,7 @@ def parse_entry(name: Any, data: Any, base: Path, where: str) -> ModelEntry:
         vae=vae,
         width=sizes["width"],
         height=sizes["height"],
+        cfg_scale=cfg,
         default=default,
         description=str(description),
         raw=raw,
@@ -317,6 +326,8 @@ def coerce_field(key: str, value: Any) -> Any:
     text = value.strip()
     if key in ("width", "height") and re.fullmatch(r"[+]?\d+", text):
         return int(text)
+    if key == "cfg_scale" and re.fullmatch(r"[+]?(\d+\.?\d*|\.\d+)", text):
+        return float(text)
     if key == "default":
         lowered = text.lower()
         if lowered in ("true", "yes", "on", "1"):

@@ -168,7 +168,7 @@ SWITCHES: tuple[Switch, ...] = (
         "a number (classifier-free guidance scale)",
         "a cfg scale",
         "cfg scale",
-        f"how closely to follow the prompt (default {DEFAULT_CFG:g})",
+        f"how closely to follow the prompt (default: the model's, else {DEFAULT_CFG:g})",
     ),
     Switch(
         "negative",
@@ -840,6 +840,8 @@ _DEFAULTS = _defaults()
 
 def _shown(r: Request, field: str) -> bool:
     value = getattr(r, field)
+    if value is None:  # unresolved (a line not yet run): nothing to print, parsing it back gives None again
+        return False
     return field in _ALWAYS or value != _DEFAULTS[field]
 
 

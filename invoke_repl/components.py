@@ -45,6 +45,17 @@ class Components:
         return int(self.unet.config.in_channels)
 
     @property
+    def default_cfg(self) -> float:
+        """The CFG a line without -C gets: the catalogue entry's `cfg_scale`, else the global default.
+
+        Small models trained here want less guidance than SD's 7.5 (the embedded model's card has the sweep).
+        """
+        from invoke_repl.request import DEFAULT_CFG
+
+        value = self.extras.get("cfg_scale")
+        return float(value) if value is not None else DEFAULT_CFG
+
+    @property
     def native_size(self) -> tuple[int, int]:
         """(width, height) the model was trained at: UNet sample size × VAE factor."""
         sample = self.unet.config.sample_size

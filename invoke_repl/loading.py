@@ -268,6 +268,7 @@ def load_entry(entry: ModelEntry, hashes: HashCache | None = None, dtype: torch.
         recipe = str(entry.raw.get("path") or entry.name)
         components = BUILTIN_RECIPES[recipe]()
         components.name = entry.name
+        apply_entry_defaults(entry, components)
         return components
     assert entry.path is not None
     if not entry.path.exists():
@@ -284,7 +285,14 @@ def load_entry(entry: ModelEntry, hashes: HashCache | None = None, dtype: torch.
         components = _load_single_file(entry, dtype)
         components.sha256 = hashes.file(entry.path)  # the file's own hash: matches AUTOMATIC1111's "Model hash"
     components.extras.setdefault("source", str(entry.path))
+    apply_entry_defaults(entry, components)
     return components
+
+
+def apply_entry_defaults(entry: ModelEntry, components: Components) -> None:
+    """Generation defaults the catalogue entry sets for its model (so far: the CFG scale)."""
+    if entry.cfg_scale is not None:
+        components.extras["cfg_scale"] = entry.cfg_scale
 
 
 def _load_folder(entry: ModelEntry, dtype: torch.dtype | None) -> Components:

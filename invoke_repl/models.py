@@ -310,6 +310,12 @@ class ModelManager:
             new = self.catalogue.update(name, fields)
             if (old.format, old.path, old.config, old.vae) != (new.format, new.path, new.config, new.vae):
                 self._drop(name)
+            elif name in self._slots and self._slots[name].components is not None:
+                from invoke_repl.loading import apply_entry_defaults
+
+                components = self._slots[name].components
+                components.extras.pop("cfg_scale", None)
+                apply_entry_defaults(new, components)  # a new default CFG applies from the next line
 
     def del_model(self, name: str) -> None:
         """Remove an entry from the catalogue; its weight files are left where they are."""

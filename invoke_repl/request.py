@@ -67,7 +67,7 @@ class Request:
     sampler: str = DEFAULT_SAMPLER
     width: int | None = None  # None: the model's native size
     height: int | None = None
-    cfg_scale: float = DEFAULT_CFG
+    cfg_scale: float | None = None  # None: the model's default (its catalogue cfg_scale, else DEFAULT_CFG)
     iterations: int = 1
     grid: bool = False
     variation_amount: float = 0.0
@@ -186,9 +186,10 @@ def validate(r: Request) -> None:
             _integer(name, value, MIN_SIZE, MAX_SIZE)
             if value % 8:
                 raise RequestError(f"{name} must be a multiple of 8, got {value}")
-    _finite("cfg scale", r.cfg_scale)
-    if not 0.0 <= r.cfg_scale <= MAX_CFG:
-        raise RequestError(f"cfg scale must be between 0 and {MAX_CFG:g}, got {r.cfg_scale:g}")
+    if r.cfg_scale is not None:
+        _finite("cfg scale", r.cfg_scale)
+        if not 0.0 <= r.cfg_scale <= MAX_CFG:
+            raise RequestError(f"cfg scale must be between 0 and {MAX_CFG:g}, got {r.cfg_scale:g}")
     _integer("iterations", r.iterations, 1, MAX_ITERATIONS)
     _fraction("variation amount", r.variation_amount)
     if not isinstance(r.with_variations, tuple):

@@ -240,7 +240,7 @@ def test_bang_command_table_covers_the_documented_commands() -> None:
 
 
 def test_canonical_line_of_the_seed_request() -> None:
-    r = FIRE.replace(width=384, height=384)
+    r = FIRE.replace(width=384, height=384, cfg_scale=7.5)  # as run: the model's default CFG filled in
     assert canonical(r) == (
         '"fire" --steps 10 --seed 1592514025 --strength 0.7 --init-img fire.png --sampler k_lms'
         " --width 384 --height 384 --cfg-scale 7.5"
@@ -249,21 +249,21 @@ def test_canonical_line_of_the_seed_request() -> None:
 
 
 CANONICAL: list[tuple[Request, str]] = [
-    (Request(prompt="x"), '"x" --steps 50 --sampler k_lms --cfg-scale 7.5'),
-    (Request(prompt='say "hi" \\ [no]'), '"say \\"hi\\" \\\\ \\[no\\]" --steps 50 --sampler k_lms --cfg-scale 7.5'),
+    (Request(prompt="x"), '"x" --steps 50 --sampler k_lms'),  # no -C yet: the model decides when it runs
+    (Request(prompt="x", cfg_scale=7.5), '"x" --steps 50 --sampler k_lms --cfg-scale 7.5'),
+    (Request(prompt="x", cfg_scale=4.0), '"x" --steps 50 --sampler k_lms --cfg-scale 4.0'),
+    (Request(prompt='say "hi" \\ [no]'), '"say \\"hi\\" \\\\ \\[no\\]" --steps 50 --sampler k_lms'),
     (
         Request(prompt="x", negative="blurry", seed=-1, init_img="-1"),
-        '"x" --steps 50 --seed -1 --init-img -1 --sampler k_lms --cfg-scale 7.5 --negative "blurry"',
+        '"x" --steps 50 --seed -1 --init-img -1 --sampler k_lms --negative "blurry"',
     ),
     (
         Request(prompt="x", iterations=2, grid=True, fit=True, save_steps=True, outdir="a b", model="m"),
-        '"x" --steps 50 --sampler k_lms --cfg-scale 7.5 --iterations 2 --grid --fit --save-steps --outdir "a b"'
-        " --model m",
+        '"x" --steps 50 --sampler k_lms --iterations 2 --grid --fit --save-steps --outdir "a b" --model m',
     ),
     (
         Request(prompt="x", variation_amount=0.1, with_variations=((3, 0.5),), init_img="-x.png"),
-        '"x" --steps 50 --init-img "-x.png" --sampler k_lms --cfg-scale 7.5 --variation-amount 0.1'
-        " --with-variations 3:0.5",
+        '"x" --steps 50 --init-img "-x.png" --sampler k_lms --variation-amount 0.1 --with-variations 3:0.5',
     ),
 ]
 
@@ -277,7 +277,7 @@ def test_canonical_lines(request_: Request, line: str) -> None:
 
 
 def test_legacy_line_puts_the_negative_prompt_in_brackets() -> None:
-    r = Request(prompt="a cat", negative="blurry, dark")
+    r = Request(prompt="a cat", negative="blurry, dark", cfg_scale=7.5)
     assert legacy_line(r) == '"a cat [blurry, dark]" -s50 -C7.5 -Ak_lms'
     padded = Request(prompt="a cat", negative=" blurry ")
     assert "--negative" in legacy_line(padded) and parse(legacy_line(padded), "legacy") == padded

@@ -74,6 +74,7 @@ UNICODE = Request(
     sampler="k_euler_a",
     width=16,
     height=16,
+    cfg_scale=7.5,
     with_variations=((99, 0.1),),
     model="модель",
 )
@@ -311,12 +312,19 @@ def test_reads_invokeai_2x_grid_and_old_flat_layouts() -> None:
              "width": 512, "height": 512, "sampler": "ddim", "variations": [], "type": "txt2img"}  # fmt: skip
     grid = {"model": "stable diffusion", "model_id": "sd", "images": [image, {**image, "seed": 6}]}
     assert request_from_sd_metadata(grid) == Request(
-        prompt="a cat", seed=5, steps=20, width=512, height=512, sampler="ddim", model="sd"
+        prompt="a cat", seed=5, steps=20, width=512, height=512, sampler="ddim", cfg_scale=7.5, model="sd"
     )
     flat = {**image, "prompt": "a cat", "sampler_name": "k_heun", "variations": "3:0.5"}
     del flat["sampler"]
     assert request_from_sd_metadata(flat) == Request(
-        prompt="a cat", seed=5, steps=20, width=512, height=512, sampler="k_heun", with_variations=((3, 0.5),)
+        prompt="a cat",
+        seed=5,
+        steps=20,
+        width=512,
+        height=512,
+        sampler="k_heun",
+        cfg_scale=7.5,
+        with_variations=((3, 0.5),),
     )
 
 

@@ -17,7 +17,7 @@ from invoke_repl.request import (
 
 def test_defaults() -> None:
     r = Request(prompt="fire")
-    assert (r.steps, r.seed, r.sampler, r.cfg_scale, r.iterations) == (50, None, "k_lms", 7.5, 1)
+    assert (r.steps, r.seed, r.sampler, r.cfg_scale, r.iterations) == (50, None, "k_lms", None, 1)
     assert not r.is_img2img and r.effective_strength is None and r.steps_taken == 50
     assert FIELD_NAMES[0] == "prompt" and "with_variations" in FIELD_NAMES
 

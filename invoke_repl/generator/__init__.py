@@ -98,6 +98,8 @@ def generate(
     """
     if request.seed is not None and request.seed < 0:
         raise ValueError("seed -1 (the previous image's seed) must be resolved by the session first")
+    if request.cfg_scale is None:  # no -C: the model's own default, written into every image's request
+        request = request.replace(cfg_scale=components.default_cfg)
 
     from invoke_repl.generator import img2img, txt2img
     from invoke_repl.generator.conditioning import encode_prompts
