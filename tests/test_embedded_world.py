@@ -117,12 +117,15 @@ def test_tokenizer_unknown_words_and_padding(tokenizer):
     assert toks[1:3] == ["a</w>", "purple</w>"]  # lower-cased
     assert len(ids) > 8 and tokenizer.unk_token_id not in ids[1:-1]  # characters, not <unk>
     assert tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "") == "apurpledragon,über日本!"
-    enc = tokenizer(["fire"], padding="max_length", max_length=77, truncation=True)
-    assert tokenizer.model_max_length == 77
-    assert len(enc.input_ids[0]) == 77 and enc.input_ids[0][-1] == tokenizer.eos_token_id
+    n = arch.MAX_LEN
+    longest = max((world.make_pair(seed)[0] for seed in range(2000)), key=lambda c: len(tokenizer(c).input_ids))
+    assert len(tokenizer(longest).input_ids) <= n  # every world caption fits the shortened context
+    enc = tokenizer(["fire"], padding="max_length", max_length=n, truncation=True)
+    assert tokenizer.model_max_length == n
+    assert len(enc.input_ids[0]) == n and enc.input_ids[0][-1] == tokenizer.eos_token_id
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
-    long = tokenizer(" ".join(["fire"] * 200), padding="max_length", max_length=77, truncation=True).input_ids
-    assert len(long) == 77
+    long = tokenizer(" ".join(["fire"] * 200), padding="max_length", max_length=n, truncation=True).input_ids
+    assert len(long) == n
 
 
 @pytest.mark.skipif(not (MODEL / "model_index.json").exists(), reason="embedded model not trained/exported")
@@ -148,7 +151,8 @@ def test_trained_folder_sizes_and_loading():
     assert unet.config.sample_size * factor == world.NATIVE_SIZE
     assert unet.config.cross_attention_dim == te.config.hidden_size
     assert 0.05 < vae.config.scaling_factor < 20 and vae.config.scaling_factor != 1.0
-    assert tok.model_max_length == 77 and len(tok.get_vocab()) == te.config.vocab_size
+    assert tok.model_max_length == te.config.max_position_embeddings == arch.MAX_LEN
+    assert len(tok.get_vocab()) == te.config.vocab_size
     for f in MODEL.rglob("*.safetensors"):
         from safetensors import safe_open
 

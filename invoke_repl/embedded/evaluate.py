@@ -9,7 +9,8 @@ Checks (each over held-out prompts x 8 seeds unless noted):
   fire           ``fire`` on the crude fireplace drawing at strengths 0.4 / 0.7: orange+yellow dominate FLAME_BOX
   speed          seconds for a 10-step txt2img at native size with CFG
 
-The image maker is ``render`` below -- the single function to swap for the project's own generator.
+Images come from ``render`` below: the project's own generator (``invoke_repl.generator.generate``), the same
+code path as an ``invoke>`` line.
 """
 
 from __future__ import annotations
@@ -34,43 +35,29 @@ DEFAULT_WORK = HERE.parent.parent / ".train"
 SEEDS = tuple(range(8))
 
 # ------------------------------------------------------------------------------------------------- generation
-_PIPES: dict = {}
+_MODELS: dict = {}
 
 
-def _pipes(model_dir):
-    key = str(model_dir)
-    if key not in _PIPES:
-        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+def _components(model_dir):
+    """The model loaded the way the REPL loads a catalogue entry (cached: the evaluation renders ~300 images)."""
+    key = str(Path(model_dir).resolve())
+    if key not in _MODELS:
+        from invoke_repl.catalogue import ModelEntry
+        from invoke_repl.loading import load_entry
 
-        t2i = StableDiffusionPipeline.from_pretrained(key, torch_dtype=torch.float32, safety_checker=None)
-        t2i.set_progress_bar_config(disable=True)
-        i2i = StableDiffusionImg2ImgPipeline(**t2i.components)
-        i2i.set_progress_bar_config(disable=True)
-        _PIPES[key] = (t2i, i2i)
-    return _PIPES[key]
+        entry = ModelEntry(name="embedded", format="diffusers", path=Path(key))
+        _MODELS[key] = load_entry(entry, dtype=torch.float32)
+    return _MODELS[key]
 
 
-def _scheduler_for(sampler: str, config):
-    from diffusers import (
-        DDIMScheduler,
-        DPMSolverMultistepScheduler,
-        EulerAncestralDiscreteScheduler,
-        EulerDiscreteScheduler,
-        HeunDiscreteScheduler,
-        LMSDiscreteScheduler,
-        PNDMScheduler,
-    )
+def shipped_default_cfg() -> float:
+    """The CFG `invoke>` uses for the embedded model when a line has no -C (its shipped catalogue entry)."""
+    from invoke_repl.catalogue import Catalogue
+    from invoke_repl.paths import shipped_catalogue
+    from invoke_repl.request import DEFAULT_CFG
 
-    table = {
-        "ddim": DDIMScheduler,
-        "plms": PNDMScheduler,
-        "k_lms": LMSDiscreteScheduler,
-        "k_euler": EulerDiscreteScheduler,
-        "k_euler_a": EulerAncestralDiscreteScheduler,
-        "k_heun": HeunDiscreteScheduler,
-        "k_dpmpp_2": DPMSolverMultistepScheduler,
-    }
-    return table[sampler].from_config(config)
+    entry = Catalogue.load(shipped_catalogue()).get("embedded")
+    return entry.cfg_scale if entry.cfg_scale is not None else DEFAULT_CFG
 
 
 def render(
@@ -81,22 +68,26 @@ def render(
     init_image: Image.Image | None = None,
     strength: float | None = None,
     sampler: str = "k_lms",
-    cfg_scale: float = 7.5,
+    cfg_scale: float | None = None,
 ) -> Image.Image:
-    """Make one image. This is the pluggable generation function (diffusers pipelines for now)."""
-    t2i, i2i = _pipes(model_dir)
-    pipe = t2i if init_image is None else i2i
-    pipe.scheduler = _scheduler_for(sampler, t2i.scheduler.config)
-    g = torch.Generator().manual_seed(seed)
-    if init_image is None:
-        factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        size = pipe.unet.config.sample_size * factor
-        return pipe(
-            prompt, num_inference_steps=steps, guidance_scale=cfg_scale, height=size, width=size, generator=g
-        ).images[0]
-    return pipe(
-        prompt, image=init_image, strength=strength, num_inference_steps=steps, guidance_scale=cfg_scale, generator=g
-    ).images[0]
+    """Make one image with the project's own generator, exactly as `invoke>` would for the same line.
+
+    `cfg_scale` None means the embedded model's default, as for a line without -C.
+    """
+    from invoke_repl.generator import generate
+    from invoke_repl.request import Request
+
+    request = Request(
+        prompt=prompt,
+        steps=steps,
+        seed=seed,
+        sampler=sampler,
+        cfg_scale=cfg_scale if cfg_scale is not None else shipped_default_cfg(),
+        strength=strength if init_image is not None else None,
+        init_img="<evaluation init image>" if init_image is not None else None,
+    )
+    (result,) = generate(_components(model_dir), request, init_image=init_image, progress=False)
+    return result.image
 
 
 # ---------------------------------------------------------------------------------------------- measurements
@@ -257,8 +248,10 @@ def evaluate(
     sampler: str = "k_lms",
     out_dir: Path | None = None,
     work: Path = DEFAULT_WORK,
-    cfg_scale: float = 7.5,
+    cfg_scale: float | None = None,
 ) -> dict:
+    if cfg_scale is None:
+        cfg_scale = shipped_default_cfg()
     net = shape_classifier(work)
     rows = []
     grid = []
@@ -378,36 +371,58 @@ def _plain(o):
     return o.item() if hasattr(o, "item") else str(o)
 
 
-def print_table(s: dict) -> None:
-    def row(name, val, target, ok):
-        print(f"| {name:42s} | {val:>14s} | {target:>10s} | {'pass' if ok else 'FAIL':4s} |")
+def table_lines(s: dict) -> list[str]:
+    """The evaluation as a markdown table: printed by the CLI and written into the model card (one source)."""
+    lines = [
+        f"Held-out prompts × {s['seeds']} seeds = {s['n_images']} images, {s['steps']} steps {s['sampler']}, "
+        f"CFG {s['cfg_scale']}, {s['threads']} torch thread(s).",
+        "",
+        "| check | measured | target | result |",
+        "|---|---|---|---|",
+    ]
 
-    print(
-        f"\nheld-out prompts x {s['seeds']} seeds = {s['n_images']} images, {s['steps']} steps {s['sampler']}, "
-        f"CFG {s['cfg_scale']}"
-    )
-    print(f"| {'check':42s} | {'measured':>14s} | {'target':>10s} | ok   |")
-    print(f"|{'-' * 44}|{'-' * 16}|{'-' * 12}|------|")
-    row("object colour right", f"{s['object_colour']:.1%}", ">= 90%", s["object_colour"] >= 0.9)
-    row("background colour right", f"{s['background_colour']:.1%}", ">= 90%", s["background_colour"] >= 0.9)
-    row("shape right (world-trained classifier)", f"{s['shape']:.1%}", ">= 70%", s["shape"] >= 0.7)
-    row(f"position right ({s['n_position_images']} images)", f"{s['position']:.1%}", ">= 80%", s["position"] >= 0.8)
+    def row(name: str, val: str, target: str, ok: bool) -> None:
+        lines.append(f"| {name} | {val} | {target} | {'pass' if ok else 'FAIL'} |")
+
+    row("object colour right", f"{s['object_colour']:.1%}", "≥ 90 %", s["object_colour"] >= 0.9)
+    row("background colour right", f"{s['background_colour']:.1%}", "≥ 90 %", s["background_colour"] >= 0.9)
+    row("shape right (world-trained classifier)", f"{s['shape']:.1%}", "≥ 70 %", s["shape"] >= 0.7)
+    row(f"position right ({s['n_position_images']} images)", f"{s['position']:.1%}", "≥ 80 %", s["position"] >= 0.8)
     p = s["img2img_psnr"]
-    row("img2img PSNR monotone 0.2->0.8", " > ".join(f"{v:.1f}" for v in p.values()), "falling", s["img2img_monotone"])
-    row("img2img PSNR at strength 0.3", f"{p['0.3']:.2f} dB", ">= 22 dB", p["0.3"] >= 22)
+    row(
+        "img2img PSNR to init, strength " + "/".join(p) + " (dB)",
+        " > ".join(f"{v:.1f}" for v in p.values()),
+        "falls monotonically",
+        s["img2img_monotone"],
+    )
+    row("img2img PSNR at strength 0.3", f"{p['0.3']:.2f} dB", "≥ 22 dB", p["0.3"] >= 22)
     for k, v in s["fire"].items():
         row(
-            f"fire on drawing @{k}: orange+yellow dominate",
-            f"{v['dominated']}/{v['n']} ({v['orange_yellow_frac']:.0%})",
+            f"`fire` on the drawing at {k}: orange+yellow dominate the flame box",
+            f"{v['dominated']}/{v['n']} ({v['orange_yellow_frac']:.0%} of the box)",
             "majority",
             v["dominated"] * 2 > v["n"],
         )
     row(
-        "10-step txt2img with CFG, seconds",
-        f"{s['txt2img_10step_seconds_median']:.3f}",
-        "<= 0.5",
+        "10-step txt2img with CFG, median of 5",
+        f"{s['txt2img_10step_seconds_median']:.3f} s",
+        "≤ 0.5 s",
         s["txt2img_10step_seconds_median"] <= 0.5,
     )
+    return lines
+
+
+CARD = HERE / "MODEL_CARD.md"
+CARD_BEGIN, CARD_END = "<!-- evaluation:begin -->", "<!-- evaluation:end -->"
+
+
+def write_card(s: dict, card: Path = CARD) -> None:
+    """Replace the model card's evaluation table (between its markers) and keep the JSON beside it."""
+    text = card.read_text()
+    head, rest = text.split(CARD_BEGIN, 1)
+    _old, tail = rest.split(CARD_END, 1)
+    card.write_text(head + CARD_BEGIN + "\n" + "\n".join(table_lines(s)) + "\n" + CARD_END + tail)
+    (card.parent / "evaluation.json").write_text(json.dumps(s, indent=2, default=_plain) + "\n")
 
 
 def main(argv=None) -> None:
@@ -416,14 +431,18 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--sampler", default="k_lms")
-    ap.add_argument("--cfg", type=float, default=7.5)
+    ap.add_argument("--cfg", type=float, default=None, help="default: the shipped catalogue's cfg_scale for it")
     ap.add_argument("--out", type=Path, default=DEFAULT_WORK / "eval")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--card", action="store_true", help="write the table into MODEL_CARD.md (and evaluation.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     s = evaluate(args.model, args.steps, tuple(range(args.seeds)), args.sampler, args.out, cfg_scale=args.cfg)
-    print_table(s)
+    print("\n".join(table_lines(s)))
     print(f"(images and evaluation.json under {args.out})")
+    if args.card:
+        write_card(s)
+        print(f"(table written into {CARD} and {CARD.parent / 'evaluation.json'})")
 
 
 if __name__ == "__main__":
