@@ -391,7 +391,7 @@ def table_lines(s: dict) -> list[str]:
     p = s["img2img_psnr"]
     row(
         "img2img PSNR to init, strength " + "/".join(p) + " (dB)",
-        " > ".join(f"{v:.1f}" for v in p.values()),
+        " / ".join(f"{v:.1f}" for v in p.values()),
         "falls monotonically",
         s["img2img_monotone"],
     )
