@@ -116,7 +116,8 @@ def sd_metadata(generated: GeneratedImage, *, model_hash: str, app_version: str)
         "seed": r.seed,
         "variations": [{"seed": s, "weight": float(w)} for s, w in r.with_variations],
         "steps": r.steps,
-        "cfg_scale": float(r.cfg_scale),
+        # None only for a request that never ran (the generator fills in the model's default): "the model's".
+        "cfg_scale": None if r.cfg_scale is None else float(r.cfg_scale),
         "width": r.width,
         "height": r.height,
         "sampler": r.sampler,
@@ -149,10 +150,11 @@ def _a1111_quote(value: str) -> str:
 def a1111_parameters(generated: GeneratedImage, *, model_hash: str) -> str:
     """The ``parameters`` text, in AUTOMATIC1111's layout (see the module docstring)."""
     r = generated.request
+    cfg = [] if r.cfg_scale is None else [("CFG scale", repr(float(r.cfg_scale)))]  # None: never ran
     fields: list[tuple[str, str]] = [
         ("Steps", str(r.steps)),
         ("Sampler", SAMPLER_TO_A1111.get(r.sampler, r.sampler)),
-        ("CFG scale", repr(float(r.cfg_scale))),
+        *cfg,
         ("Seed", str(r.seed)),
         ("Size", f"{r.width}x{r.height}"),
     ]
