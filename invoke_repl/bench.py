@@ -87,6 +87,13 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def process_seconds(args: list[str], stdin: str | None = None) -> float:
+    """Wall time of one child process from start to exit (it must succeed): cold starts and whole scripts."""
+    start = time.perf_counter()
+    subprocess.run(args, input=stdin, text=True, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
 def device_name() -> str:
     import platform
 
@@ -254,13 +261,12 @@ def bench_prompt_latency(repeats: int) -> Result:
 
     stock_script = (
         "import torch\nfrom diffusers import StableDiffusionPipeline\n"
-        f"StableDiffusionPipeline.from_pretrained({str(embedded_model_dir())!r}, safety_checker=None)\n"
+        f"StableDiffusionPipeline.from_pretrained({str(embedded_model_dir())!r}, torch_dtype=torch.float32,"
+        " safety_checker=None)\n"
     )
 
     def stock_once() -> float:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", stock_script], check=True, capture_output=True)
-        return time.perf_counter() - start
+        return process_seconds([sys.executable, "-c", stock_script])
 
     ours_s = statistics.median(ours_once() for _ in range(repeats))
     stock_s = statistics.median(stock_once() for _ in range(repeats))
@@ -273,18 +279,15 @@ def bench_scripted(lines: int = 20) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp, "script.txt")
         script.write_text("\n".join(prompts) + "\n")
-        start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "invoke_repl", "--from-file", str(script), "--outdir", tmp, "--no-progress"],
-            check=True,
-            capture_output=True,
+        ours_s = process_seconds(
+            [sys.executable, "-m", "invoke_repl", "--from-file", str(script), "--outdir", tmp, "--no-progress"]
         )
-        ours_s = time.perf_counter() - start
         from invoke_repl.paths import embedded_model_dir
 
         stock_script = (
             "import torch\nfrom diffusers import StableDiffusionPipeline, LMSDiscreteScheduler\n"
-            f"p = StableDiffusionPipeline.from_pretrained({str(embedded_model_dir())!r}, safety_checker=None)\n"
+            f"p = StableDiffusionPipeline.from_pretrained({str(embedded_model_dir())!r}, torch_dtype=torch.float32,"
+            " safety_checker=None)\n"
             "p.scheduler = LMSDiscreteScheduler.from_config(p.scheduler.config)\n"
             "p.set_progress_bar_config(disable=True)\n"
             f"for k in range({lines}):\n"
@@ -292,9 +295,7 @@ def bench_scripted(lines: int = 20) -> Result:
             " generator=torch.Generator().manual_seed(k)).images[0]\n"
             f"    img.save({tmp!r} + f'/stock{{k}}.png')\n"
         )
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", stock_script], check=True, capture_output=True)
-        stock_s = time.perf_counter() - start
+        stock_s = process_seconds([sys.executable, "-c", stock_script])
     return Result("scripted_20", device_name(), ours_s, stock_s, notes=f"{lines} lines, process start to exit")
 
 
@@ -468,15 +469,10 @@ def bench_cold_start(folder: Path, catalogue_file: Path) -> Result:
     """Process start → first 512² 50-step image on disk: our CLI against a stock script, same saved fp16 folder."""
     line = "a photo of a red circle on a blue background --steps 50 --seed 1 -W 512 -H 512 --sampler k_euler\n"
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        subprocess.run(
+        ours_s = process_seconds(
             [sys.executable, "-m", "invoke_repl", "--models", str(catalogue_file), "--outdir", tmp, "--no-progress"],
-            input=line,
-            text=True,
-            check=True,
-            capture_output=True,
+            stdin=line,
         )
-        ours_s = time.perf_counter() - start
         stock_script = (
             "import torch\nfrom diffusers import StableDiffusionPipeline, EulerDiscreteScheduler\n"
             f"p = StableDiffusionPipeline.from_pretrained({str(folder)!r}, torch_dtype=torch.float16,"
@@ -485,9 +481,7 @@ def bench_cold_start(folder: Path, catalogue_file: Path) -> Result:
             "p('a photo of a red circle on a blue background', num_inference_steps=50,"
             f" generator=torch.Generator().manual_seed(1)).images[0].save({tmp!r} + '/stock.png')\n"
         )
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", stock_script], check=True, capture_output=True)
-        stock_s = time.perf_counter() - start
+        stock_s = process_seconds([sys.executable, "-c", stock_script])
     return Result("gpu_cold_start", device_name(), ours_s, stock_s, notes="process start → first image saved")
 
 
