@@ -16,6 +16,7 @@ code path as an ``invoke>`` line.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -50,8 +51,12 @@ def _components(model_dir):
     return _MODELS[key]
 
 
+@functools.cache
 def shipped_default_cfg() -> float:
-    """The CFG `invoke>` uses for the embedded model when a line has no -C (its shipped catalogue entry)."""
+    """The CFG `invoke>` uses for the embedded model when a line has no -C (its shipped catalogue entry).
+
+    Cached: the shipped catalogue is read-only, and `render` would otherwise parse it for every image.
+    """
     from invoke_repl.catalogue import Catalogue
     from invoke_repl.paths import shipped_catalogue
     from invoke_repl.request import DEFAULT_CFG
