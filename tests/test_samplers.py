@@ -54,6 +54,54 @@ def test_cached_lms_steps_are_bit_identical_to_stock(karras):
             assert torch.equal(a, b), (run, t)
 
 
+def _reference_lms(sigmas: np.ndarray, x: np.ndarray, eps_of) -> np.ndarray:
+    """Linear multistep as k-diffusion's sample_lms runs it: the order grows with the steps this run has taken."""
+
+    def coeff(order: int, i: int, j: int) -> float:
+        def basis(tau: float) -> float:
+            prod = 1.0
+            for k in range(order):
+                if k != j:
+                    prod *= (tau - sigmas[i - k]) / (sigmas[i - j] - sigmas[i - k])
+            return prod
+
+        return scipy.integrate.quad(basis, sigmas[i], sigmas[i + 1], epsrel=1e-4)[0]
+
+    derivatives: list[np.ndarray] = []
+    for i in range(len(sigmas) - 1):
+        derivatives = ([*derivatives, eps_of(x, sigmas[i])])[-4:]  # d = (x − denoised)/σ = ε
+        order = min(i + 1, 4)
+        x = x + sum(coeff(order, i, j) * d for j, d in enumerate(reversed(derivatives)))
+    return x
+
+
+def test_cached_lms_img2img_starts_at_first_order_like_k_diffusion():
+    """Stock LMS started mid-schedule takes order 4 at its first step, with one derivative (diffusers #5630)."""
+    from invoke_repl.generator.core import plan_schedule
+
+    def eps_of(x, sigma):  # a smooth stand-in denoiser
+        return np.tanh(0.5 * x / np.sqrt(sigma**2 + 1)) + 0.1
+
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randn(1, 4, 4, 4, generator=gen)
+    results = {}
+    for name, cls in (("ours", CachedLMSDiscreteScheduler), ("stock", LMSDiscreteScheduler)):
+        schedule = plan_schedule("k_lms", SD1_SCHEDULER_CONFIG, 25, 5)
+        scheduler = cls.from_config(schedule.scheduler.config)
+        scheduler.set_timesteps(25)
+        scheduler.set_begin_index(20)
+        sigmas = scheduler.sigmas[20:].double().numpy()
+        x = x0.clone()
+        for t, sigma in zip(schedule.timesteps, sigmas, strict=False):
+            scheduler.scale_model_input(x, t)
+            eps = torch.from_numpy(eps_of(x.double().numpy(), sigma)).float()
+            x = scheduler.step(eps, t, x, return_dict=False)[0]
+        results[name] = x.double().numpy()
+    expected = _reference_lms(sigmas, x0.double().numpy(), eps_of)
+    np.testing.assert_allclose(results["ours"], expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(results["stock"] - expected).max() > 1e-2  # what the override is for
+
+
 def test_cached_lms_integrates_once_per_schedule(monkeypatch):
     samplers._LMS_CACHE.clear()
     quad_calls = []
