@@ -213,12 +213,15 @@ def _sidecar_parameterization(path: Path) -> str | None:
 
 
 def detect_folder_family(folder: Path) -> str:
-    """The conventions a diffusers folder follows: 1024-wide cross-attention or v-prediction mean SD 2.x."""
+    """The conventions a diffusers folder follows: 1024-wide cross-attention means SD 2.x (v-prediction: 2.x-v).
+
+    v-prediction alone does not make a folder SD 2: the embedded model predicts v with 128-wide cross-attention.
+    A folder brings its own scheduler config, so the family only picks fallbacks (tokenizer padding).
+    """
     unet = _read_json(folder / "unet" / "config.json") or {}
     scheduler = _read_json(folder / "scheduler" / "scheduler_config.json") or {}
-    v_pred = scheduler.get("prediction_type") == "v_prediction"
-    if unet.get("cross_attention_dim") == 1024 or v_pred:
-        return "sd-2-v" if v_pred else "sd-2"
+    if unet.get("cross_attention_dim") == 1024:
+        return "sd-2-v" if scheduler.get("prediction_type") == "v_prediction" else "sd-2"
     return "sd-1"
 
 

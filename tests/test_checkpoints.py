@@ -15,6 +15,7 @@ from invoke_repl.loading import (
     HashCache,
     checkpoint_plan,
     detect_checkpoint_family,
+    detect_folder_family,
     family_config_dir,
     load_entry,
     load_tokenizer,
@@ -98,6 +99,27 @@ def test_family_detection_from_cross_attention_width(tmp_path):
     # A sidecar LDM yaml (AUTOMATIC1111's convention) outranks the file name.
     (tmp_path / "mine.yaml").write_text("model:\n  params:\n    parameterization: v\n")
     assert detect_checkpoint_family(_shapes(1024), tmp_path / "mine.safetensors") == "sd-2-v"
+
+
+@pytest.mark.parametrize(
+    ("cross", "prediction", "family"),
+    [
+        (768, "epsilon", "sd-1"),
+        (1024, "epsilon", "sd-2"),
+        (1024, "v_prediction", "sd-2-v"),
+        (128, "v_prediction", "sd-1"),
+    ],
+)
+def test_folder_family_from_cross_attention_width_and_prediction(tmp_path, cross, prediction, family):
+    """v-prediction alone is not SD 2: the embedded model predicts v through 128-wide cross-attention."""
+    files = {
+        "unet/config.json": {"cross_attention_dim": cross},
+        "scheduler/scheduler_config.json": {"prediction_type": prediction},
+    }
+    for name, config in files.items():
+        (tmp_path / name).parent.mkdir()
+        (tmp_path / name).write_text(json.dumps(config))
+    assert detect_folder_family(tmp_path) == family
 
 
 def test_unknown_family_needs_a_config(tiny_store):
