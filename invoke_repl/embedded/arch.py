@@ -23,7 +23,7 @@ SCHEDULER_CONFIG = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon",
+    "prediction_type": "v_prediction",  # the UNet predicts v (objective.py says why)
     "set_alpha_to_one": False,
     "skip_prk_steps": True,
     "steps_offset": 1,

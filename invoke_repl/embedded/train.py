@@ -6,8 +6,8 @@ Phases (each resumable from checkpoints under the work folder, default ``.train/
   latents encode the dataset once (posterior mean and std cached), measure the latent std -> scaling_factor
   decoder decoder-only fine-tune on full-size images from the cached latents (``--only decoder`` runs it alone,
           e.g. in a second process beside the UNet phase)
-  unet    text encoder + UNet jointly: epsilon loss, 10% caption dropout, offset noise, extra high-t samples,
-          cosine LR (by time), EMA
+  unet    text encoder + UNet jointly: v-prediction with Min-SNR weights (``objective.py``), 10% caption dropout,
+          offset noise, extra high-t samples, cosine LR (by time), EMA
   export  diffusers folder (fp16 safetensors) at ``invoke_repl/embedded/model``
 """
 
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import arch, world
+from . import arch, objective, world
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -271,6 +271,7 @@ def phase_unet(
     high_t_frac: float = 0.0,
     ema_decay: float = 0.999,
     min_snr_gamma: float = 0.0,
+    prediction_type: str = "v_prediction",
 ):
     from diffusers import DDPMScheduler
 
@@ -281,7 +282,7 @@ def phase_unet(
     opt = torch.optim.AdamW(params, lr=lr_max, weight_decay=0.01)
     ema_te = arch.make_text_encoder(tokenizer)
     ema_unet = arch.make_unet(te.config.hidden_size)
-    state = {"step": 0, "elapsed": 0.0, "done": False}
+    state = {"step": 0, "elapsed": 0.0, "done": False, "prediction_type": prediction_type}
     if ck.exists():
         s = torch.load(ck, weights_only=False)
         te.load_state_dict(s["te"])
@@ -290,6 +291,8 @@ def phase_unet(
         ema_unet.load_state_dict(s["ema_unet"])
         opt.load_state_dict(s["opt"])
         state = s["state"]
+        if state.get("prediction_type", "epsilon") != prediction_type:
+            raise SystemExit(f"{ck} was trained for {state.get('prediction_type', 'epsilon')}: move it away first")
         torch.set_rng_state(s["rng"])
         log(f"unet: resumed at step {state['step']} ({state['elapsed']:.0f}s)")
     else:
@@ -360,12 +363,8 @@ def phase_unet(
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         cond = te(ids)[0]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
-        if min_snr_gamma:  # Min-SNR weighting (Hang et al. 2023, ~3x faster convergence): less weight on easy low-t
-            snr = a.view(-1) / (1 - a.view(-1))
-            w = snr.clamp(max=min_snr_gamma) / snr
-            loss = (w * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        else:
-            loss = F.mse_loss(pred, noise)
+        w = objective.loss_weights(a, min_snr_gamma, prediction_type)
+        loss = (w * (pred - objective.target(z0, noise, a, prediction_type)).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -393,7 +392,7 @@ def phase_unet(
 
 
 # ------------------------------------------------------------------------------------------------------- export
-def export(out: Path, tok_dir: Path, vae, te, unet, scale: float, info: dict) -> None:
+def export(out: Path, tok_dir: Path, vae, te, unet, scale: float, info: dict, prediction_type: str) -> None:
     from diffusers import PNDMScheduler
 
     tmp = out.with_name(out.name + ".tmp")
@@ -410,6 +409,7 @@ def export(out: Path, tok_dir: Path, vae, te, unet, scale: float, info: dict) ->
     cfg_path = tmp / "scheduler" / "scheduler_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg.setdefault("clip_sample", False)  # as in SD's scheduler_config.json (used by DDIM/DDPM)
+    cfg["prediction_type"] = prediction_type
     cfg_path.write_text(json.dumps(cfg, indent=2))
     import diffusers
 
@@ -454,6 +454,12 @@ def main(argv=None) -> None:
     ap.add_argument("--high-t-frac", type=float, default=0.15, help="part of each batch with t in [800, 1000)")
     ap.add_argument("--ema-decay", type=float, default=0.999)
     ap.add_argument("--min-snr-gamma", type=float, default=5.0, help="Min-SNR loss weighting (0 = plain MSE)")
+    ap.add_argument(
+        "--prediction-type",
+        choices=["epsilon", "v_prediction"],
+        default=arch.SCHEDULER_CONFIG["prediction_type"],
+        help="what the UNet predicts",
+    )
     ap.add_argument("--noise-offset", type=float, default=0.15, help="per-channel constant noise added to epsilon")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -490,6 +496,7 @@ def main(argv=None) -> None:
         args.high_t_frac,
         args.ema_decay,
         args.min_snr_gamma,
+        args.prediction_type,
     )
     vs = torch.load(args.work / "vae.pt", weights_only=False)["state"]
     dpath = args.work / "decoder.pt"
@@ -510,6 +517,7 @@ def main(argv=None) -> None:
         "high_t_frac": args.high_t_frac,
         "ema_decay": args.ema_decay,
         "min_snr_gamma": args.min_snr_gamma,
+        "prediction_type": args.prediction_type,
         "max_text_tokens": arch.MAX_LEN,
         "scaling_factor": lat["scaling_factor"],
         "vae_recon_psnr_db": lat["vae_psnr"],
@@ -517,7 +525,7 @@ def main(argv=None) -> None:
         "params": {"vae": arch.n_params(vae), "text_encoder": arch.n_params(te), "unet": arch.n_params(unet)},
         "this_run_wall_seconds": round(time.time() - start),
     }
-    export(args.out, tok_dir, vae, te, unet, lat["scaling_factor"], info)
+    export(args.out, tok_dir, vae, te, unet, lat["scaling_factor"], info, args.prediction_type)
     log(f"all done in {time.time() - start:.0f}s: {info}")
 
 

@@ -1,0 +1,56 @@
+"""The embedded model's training objective agrees with diffusers' conventions for the samplers that use it."""
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from invoke_repl.embedded import arch, objective
+
+
+def _scheduler(prediction_type: str) -> DDPMScheduler:
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample")
+    return DDPMScheduler(**{k: arch.SCHEDULER_CONFIG[k] for k in keys}, prediction_type=prediction_type)
+
+
+@pytest.mark.parametrize("t", [1, 161, 500, 999])
+def test_v_target_is_diffusers_velocity(t):
+    sched = _scheduler("v_prediction")
+    g = torch.Generator().manual_seed(t)
+    z0, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    a = sched.alphas_cumprod[t].float().view(1, 1, 1, 1).expand(2, 1, 1, 1)
+    ours = objective.target(z0, noise, a, "v_prediction")
+    theirs = sched.get_velocity(z0, noise, torch.tensor([t, t]))
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("t", [20, 400, 999])
+def test_a_perfect_prediction_gives_the_clean_latents_back(prediction_type, t):
+    """What the samplers read from the UNet output (pred_original_sample) is the training image."""
+    sched = _scheduler(prediction_type)
+    g = torch.Generator().manual_seed(7)
+    z0, noise = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    a = sched.alphas_cumprod[t].float().view(1, 1, 1, 1)
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    out = sched.step(objective.target(z0, noise, a, prediction_type), t, zt, generator=g)
+    torch.testing.assert_close(out.pred_original_sample, z0, rtol=1e-4, atol=1e-4)
+
+
+def test_min_snr_weights_keep_the_noisiest_steps_for_v_and_cap_the_easy_ones():
+    acp = _scheduler("epsilon").alphas_cumprod.float()
+    a = acp[torch.tensor([999, 500, 1])]
+    snr = a / (1 - a)
+    w_v = objective.loss_weights(a, 5.0, "v_prediction")
+    w_eps = objective.loss_weights(a, 5.0, "epsilon")
+    x0_v, x0_eps = w_v * (snr + 1), w_eps * snr  # the weight each puts on an error in the clean image
+    torch.testing.assert_close(x0_v[0], 1 + snr[0])  # ~1 at t=999, where eps gave ~0.005
+    assert x0_eps[0] < 0.01 and x0_v[0] > 100 * x0_eps[0]
+    torch.testing.assert_close(x0_v[1], snr[1] + 1)  # below γ nothing is capped
+    torch.testing.assert_close(x0_v[2], torch.tensor(6.0))  # capped at γ + 1 at t=1
+    torch.testing.assert_close(x0_eps[2], torch.tensor(5.0))
+    assert torch.equal(objective.loss_weights(a, 0.0, "v_prediction"), torch.ones(3))
+
+
+def test_unknown_prediction_type_is_refused():
+    with pytest.raises(ValueError, match="prediction_type"):
+        objective.target(torch.zeros(1), torch.zeros(1), torch.ones(1), "sample")
