@@ -443,7 +443,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--n-data", type=int, default=30000)
     ap.add_argument("--vae-minutes", type=float, default=20.0)
-    ap.add_argument("--unet-minutes", type=float, default=90.0)
+    ap.add_argument("--unet-minutes", type=float, default=85.0)
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-crop", type=int, default=32, help="train the VAE on random crops of this size (0 = full)")
     ap.add_argument("--decoder-minutes", type=float, default=12.0, help="decoder-only fine-tune (0 = skip)")
