@@ -49,6 +49,8 @@ def test_min_snr_weights_keep_the_noisiest_steps_for_v_and_cap_the_easy_ones():
     torch.testing.assert_close(x0_v[2], torch.tensor(6.0))  # capped at γ + 1 at t=1
     torch.testing.assert_close(x0_eps[2], torch.tensor(5.0))
     assert torch.equal(objective.loss_weights(a, 0.0, "v_prediction"), torch.ones(3))
+    lighter = objective.loss_weights(a, 5.0, "v_prediction", high_noise_weight=0.25) * (snr + 1)
+    torch.testing.assert_close(lighter, snr.clamp(max=5.0) + 0.25)  # c sets the floor, γ the cap
 
 
 def test_unknown_prediction_type_is_refused():

@@ -272,6 +272,7 @@ def phase_unet(
     ema_decay: float = 0.999,
     min_snr_gamma: float = 0.0,
     prediction_type: str = "v_prediction",
+    high_noise_weight: float = 1.0,
 ):
     from diffusers import DDPMScheduler
 
@@ -363,7 +364,7 @@ def phase_unet(
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         cond = te(ids)[0]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
-        w = objective.loss_weights(a, min_snr_gamma, prediction_type)
+        w = objective.loss_weights(a, min_snr_gamma, prediction_type, high_noise_weight)
         loss = (w * (pred - objective.target(z0, noise, a, prediction_type)).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -460,6 +461,12 @@ def main(argv=None) -> None:
         default=arch.SCHEDULER_CONFIG["prediction_type"],
         help="what the UNet predicts",
     )
+    ap.add_argument(
+        "--high-noise-weight",
+        type=float,
+        default=1.0,
+        help="v-prediction only: x0-space loss weight kept at the noisiest steps (min(SNR, gamma) + this)",
+    )
     ap.add_argument("--noise-offset", type=float, default=0.15, help="per-channel constant noise added to epsilon")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -497,6 +504,7 @@ def main(argv=None) -> None:
         args.ema_decay,
         args.min_snr_gamma,
         args.prediction_type,
+        args.high_noise_weight,
     )
     vs = torch.load(args.work / "vae.pt", weights_only=False)["state"]
     dpath = args.work / "decoder.pt"
@@ -518,6 +526,7 @@ def main(argv=None) -> None:
         "ema_decay": args.ema_decay,
         "min_snr_gamma": args.min_snr_gamma,
         "prediction_type": args.prediction_type,
+        "high_noise_weight": args.high_noise_weight,
         "max_text_tokens": arch.MAX_LEN,
         "scaling_factor": lat["scaling_factor"],
         "vae_recon_psnr_db": lat["vae_psnr"],
