@@ -245,6 +245,60 @@ def fire_fraction(img: Image.Image) -> tuple[float, bool]:
     return float(oy), bool(oy >= 0.3 and oy > max(others))
 
 
+# ------------------------------------------------------------------------------------------ shape diagnosis
+PROBE_TIMESTEPS = (50, 150, 250, 350, 450, 600, 800)
+
+
+@torch.no_grad()
+def one_step_x0(model_dir, image: Image.Image, caption: str, t: int, generator: torch.Generator) -> Image.Image:
+    """Noise `image`'s latents to timestep `t`, take the model's x0 prediction from that one step, and decode it.
+
+    Tells at which noise levels the model can still read a shape it is given, apart from the sampler: the
+    evaluation's failures (blobs) could come from either.
+    """
+    from diffusers import DDPMScheduler
+
+    c = _components(model_dir)
+    config = {k: v for k, v in c.scheduler_config.items() if not k.startswith("_")}
+    acp = DDPMScheduler.from_config(config).alphas_cumprod
+    sf = c.vae.config.scaling_factor
+    x = torch.tensor(np.asarray(image.convert("RGB"), np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    z0 = c.vae.encode(x).latent_dist.mean * sf
+    a = acp[t]
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * torch.randn(z0.shape, generator=generator)
+    ids = c.tokenizer(
+        [caption], padding="max_length", max_length=c.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    out = c.unet(zt, torch.tensor([t]), encoder_hidden_states=c.text_encoder(ids)[0]).sample
+    if config.get("prediction_type") == "v_prediction":
+        x0 = a.sqrt() * zt - (1 - a).sqrt() * out
+    else:
+        x0 = (zt - (1 - a).sqrt() * out) / a.sqrt()
+    y = c.vae.decode(x0 / sf).sample[0].permute(1, 2, 0)
+    return Image.fromarray(((y.clamp(-1, 1) + 1) * 127.5).round().byte().numpy())
+
+
+def shape_probe(
+    model_dir=DEFAULT_MODEL, shapes=("star", "circle", "square"), ts=PROBE_TIMESTEPS, n: int = 8, work=DEFAULT_WORK
+) -> dict[str, list[int]]:
+    """For medium world shapes in seen colours: how many of `n` the classifier still calls right after one step."""
+    net = shape_classifier(work)
+    pairs = [("red", "white"), ("yellow", "blue"), ("blue", "yellow"), ("white", "green"), ("orange", "black")]
+    g = torch.Generator().manual_seed(0)
+    rows = {}
+    for shape in shapes:
+        rows[shape] = []
+        for t in ts:
+            ok = 0
+            for i in range(n):
+                col, bg = pairs[i % len(pairs)]
+                cap = f"a {col} {shape} on a {bg} background"
+                img = world.render(world.parse_caption(cap), 900 + i)
+                ok += classify_shape(net, one_step_x0(model_dir, img, cap, t, g), col) == shape
+            rows[shape].append(ok)
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------------- driver
 def evaluate(
     model_dir=DEFAULT_MODEL,
@@ -440,8 +494,17 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_WORK / "eval")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--card", action="store_true", help="write the table into MODEL_CARD.md (and evaluation.json)")
+    ap.add_argument(
+        "--shape-probe", action="store_true", help="only the one-step shape diagnosis by noise level (no table)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.shape_probe:
+        rows = shape_probe(args.model)
+        print("one-step x0, medium shapes, right of 8 at t = " + " / ".join(map(str, PROBE_TIMESTEPS)))
+        for shape, oks in rows.items():
+            print(f"  {shape:7s} " + " / ".join(map(str, oks)))
+        return
     s = evaluate(args.model, args.steps, tuple(range(args.seeds)), args.sampler, args.out, cfg_scale=args.cfg)
     print("\n".join(table_lines(s)))
     print(f"(images and evaluation.json under {args.out})")
