@@ -258,24 +258,21 @@ def one_step_x0(model_dir, image: Image.Image, caption: str, t: int, generator: 
     """
     from diffusers import DDPMScheduler
 
+    from invoke_repl.generator.conditioning import encode_prompts
+    from invoke_repl.generator.core import decode_latents, encode_image
+
     c = _components(model_dir)
     config = {k: v for k, v in c.scheduler_config.items() if not k.startswith("_")}
-    acp = DDPMScheduler.from_config(config).alphas_cumprod
-    sf = c.vae.config.scaling_factor
-    x = torch.tensor(np.asarray(image.convert("RGB"), np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-    z0 = c.vae.encode(x).latent_dist.mean * sf
-    a = acp[t]
+    a = DDPMScheduler.from_config(config).alphas_cumprod[t]
+    z0 = encode_image(c, image)
     zt = a.sqrt() * z0 + (1 - a).sqrt() * torch.randn(z0.shape, generator=generator)
-    ids = c.tokenizer(
-        [caption], padding="max_length", max_length=c.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    out = c.unet(zt, torch.tensor([t]), encoder_hidden_states=c.text_encoder(ids)[0]).sample
+    cond, _ = encode_prompts(c, caption)
+    out = c.unet(zt, torch.tensor([t]), encoder_hidden_states=cond).sample
     if config.get("prediction_type") == "v_prediction":
         x0 = a.sqrt() * zt - (1 - a).sqrt() * out
     else:
         x0 = (zt - (1 - a).sqrt() * out) / a.sqrt()
-    y = c.vae.decode(x0 / sf).sample[0].permute(1, 2, 0)
-    return Image.fromarray(((y.clamp(-1, 1) + 1) * 127.5).round().byte().numpy())
+    return decode_latents(c, x0)[0]
 
 
 def shape_probe(
