@@ -262,16 +262,15 @@ def one_step_x0(model_dir, image: Image.Image, caption: str, t: int, generator: 
     from invoke_repl.generator.core import decode_latents, encode_image
 
     c = _components(model_dir)
-    config = {k: v for k, v in c.scheduler_config.items() if not k.startswith("_")}
-    a = DDPMScheduler.from_config(config).alphas_cumprod[t]
+    scheduler = DDPMScheduler.from_config(c.scheduler_config)  # reads the model's prediction_type
+    timestep = torch.tensor([t])
     z0 = encode_image(c, image)
-    zt = a.sqrt() * z0 + (1 - a).sqrt() * torch.randn(z0.shape, generator=generator)
+    zt = scheduler.add_noise(z0, torch.randn(z0.shape, generator=generator), timestep)
     cond, _ = encode_prompts(c, caption)
-    out = c.unet(zt, torch.tensor([t]), encoder_hidden_states=cond).sample
-    if config.get("prediction_type") == "v_prediction":
-        x0 = a.sqrt() * zt - (1 - a).sqrt() * out
-    else:
-        x0 = (zt - (1 - a).sqrt() * out) / a.sqrt()
+    out = c.unet(zt, timestep, encoder_hidden_states=cond).sample
+    # step() also draws the noise of its (unused) previous sample: from its own generator, so `generator` serves
+    # only the noising and the probe's figures depend on nothing else
+    x0 = scheduler.step(out, t, zt, generator=torch.Generator().manual_seed(0)).pred_original_sample
     return decode_latents(c, x0)[0]
 
 
