@@ -53,6 +53,46 @@ def test_min_snr_weights_keep_the_noisiest_steps_for_v_and_cap_the_easy_ones():
     torch.testing.assert_close(lighter, snr.clamp(max=5.0) + 0.25)  # c sets the floor, γ the cap
 
 
+def test_an_eps_floor_gives_the_x0_weights_of_a_v_model_with_the_same_floor():
+    acp = _scheduler("epsilon").alphas_cumprod.float()
+    a = acp[torch.tensor([999, 800, 500, 1])]
+    snr = a / (1 - a)
+    eps = objective.loss_weights(a, 5.0, "epsilon", high_noise_weight=0.25) * snr
+    v = objective.loss_weights(a, 5.0, "v_prediction", high_noise_weight=0.25) * (snr + 1)
+    torch.testing.assert_close(eps, v)
+    assert eps[0] > 50 * (objective.loss_weights(a, 5.0, "epsilon") * snr)[0]  # the noisiest steps now count
+
+
 def test_unknown_prediction_type_is_refused():
     with pytest.raises(ValueError, match="prediction_type"):
         objective.target(torch.zeros(1), torch.zeros(1), torch.ones(1), "sample")
+
+
+def _block_std(x: torch.Tensor, block: int) -> float:
+    return torch.nn.functional.avg_pool2d(x, block).std().item()
+
+
+def test_training_noise_without_extras_draws_exactly_white_plus_offset():
+    """Runs trained before pyramid noise existed resume with the same noise stream."""
+    z0 = torch.zeros(8, 4, 16, 16)
+    torch.manual_seed(3)
+    old = torch.randn_like(z0) + 0.15 * torch.randn(8, 4, 1, 1)
+    torch.manual_seed(3)
+    assert torch.equal(objective.training_noise(z0, offset=0.15), old)
+    torch.manual_seed(3)
+    plain = objective.training_noise(z0)
+    torch.manual_seed(3)
+    assert torch.equal(plain, torch.randn_like(z0))
+
+
+def test_pyramid_noise_adds_energy_where_an_object_position_lives():
+    """Half- and quarter-image block means (where left/right/top/bottom differ) get noisier; the mean hardly does."""
+    z0 = torch.zeros(256, 4, 16, 16)
+    torch.manual_seed(0)
+    white = objective.training_noise(z0)
+    torch.manual_seed(0)
+    pyr = objective.training_noise(z0, pyramid=0.3)
+    assert pyr.shape == z0.shape
+    assert _block_std(pyr, 8) > 2 * _block_std(white, 8)  # 2x2 blocks: white 0.125, pyramid about 0.33
+    assert _block_std(pyr, 4) > 1.3 * _block_std(white, 4)  # 4x4 blocks: white 0.25
+    assert abs(pyr.std().item() - 1.0) < 0.15  # the pixel-level noise stays close to what samplers start from

@@ -7,6 +7,7 @@ Kept apart from ``train.py`` so tests can pin it to diffusers' own conventions (
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def target(z0: torch.Tensor, noise: torch.Tensor, a: torch.Tensor, prediction_type: str) -> torch.Tensor:
@@ -22,7 +23,7 @@ def target(z0: torch.Tensor, noise: torch.Tensor, a: torch.Tensor, prediction_ty
 
 
 def loss_weights(
-    a: torch.Tensor, min_snr_gamma: float, prediction_type: str, high_noise_weight: float = 1.0
+    a: torch.Tensor, min_snr_gamma: float, prediction_type: str, high_noise_weight: float | None = None
 ) -> torch.Tensor:
     """Per-sample weights (B,) for the MSE against `target`; all ones when `min_snr_gamma` is 0.
 
@@ -31,7 +32,9 @@ def loss_weights(
     0.0047 at t=999 on SD's schedule: the noisiest steps, where the layout is decided, taught almost nothing, and
     the eps model put objects where the noise leaned (position right 31 %). For v we use min(SNR, γ) + c, which
     keeps the high-noise weight at about c. c = 1 (plain v below γ) made positions 100 % right but left shapes
-    soft (55 %): the noisiest steps took a large share of every batch's gradient. `high_noise_weight` is c.
+    soft (55 %). `high_noise_weight` is c: 1 for v unless given, 0 for eps unless given. An eps model with c > 0
+    gets the same x0 weights as a v model with that c; its UNet still only has to pass the noise through at the
+    noisiest steps instead of drawing the whole picture there.
     """
     a = a.reshape(-1)
     if not min_snr_gamma:
@@ -39,5 +42,29 @@ def loss_weights(
     snr = a / (1 - a)
     capped = snr.clamp(max=min_snr_gamma)
     if prediction_type == "v_prediction":
-        return (capped + high_noise_weight) / (snr + 1)
-    return capped / snr
+        c = 1.0 if high_noise_weight is None else high_noise_weight
+        return (capped + c) / (snr + 1)
+    return (capped + (high_noise_weight or 0.0)) / snr
+
+
+def training_noise(z0: torch.Tensor, offset: float = 0.0, pyramid: float = 0.0) -> torch.Tensor:
+    """The noise added to latents in training: white, plus optional low-frequency parts the model cannot trust.
+
+    At the noisiest steps SD's schedule still leaks the picture's lowest frequencies into the noisy latents
+    (sqrt(alphas_cumprod) = 0.068 at t = 999), while sampling starts from pure white noise. A model that learned to
+    read those frequencies from its input then takes them from the seed's noise instead of from the words. On the
+    16×16 latents the mean is the background colour: `offset` (a constant per channel, std `offset`) fixed it
+    (run 2). One level up is where the object sits: an epsilon model put objects where the noise leaned (position
+    right 31 %). `pyramid` adds bilinear-upsampled 2×2 and 4×4 noise of std `pyramid` (multi-resolution noise,
+    J. Whitaker 2023), so the model has to take the layout from the text. Draws nothing extra from the RNG for a
+    zero share, so a resumed run repeats its noise.
+    """
+    noise = torch.randn_like(z0)
+    b, c, h, w = z0.shape
+    if offset:
+        noise = noise + offset * torch.randn(b, c, 1, 1)
+    if pyramid:
+        for side in (2, 4):
+            low = torch.randn(b, c, side, side)
+            noise = noise + pyramid * F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    return noise

@@ -291,8 +291,9 @@ def phase_unet(
     ema_decay: float = 0.999,
     min_snr_gamma: float = 0.0,
     prediction_type: str = "v_prediction",
-    high_noise_weight: float = 1.0,
+    high_noise_weight: float | None = None,
     mid_t_frac: float = 0.0,
+    pyramid_noise: float = 0.0,
 ):
     from diffusers import DDPMScheduler
 
@@ -374,9 +375,7 @@ def phase_unet(
         drop = torch.rand(batch) < 0.1
         ids[drop] = empty_ids
         t = sample_timesteps(batch, high_t_frac, mid_t_frac)
-        noise = torch.randn_like(z0)
-        if noise_offset:  # offset noise: 16x16 latents leak the background colour through the noise mean at t~T
-            noise = noise + noise_offset * torch.randn(batch, noise.shape[1], 1, 1)
+        noise = objective.training_noise(z0, noise_offset, pyramid_noise)
         a = acp[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         cond = te(ids)[0]
@@ -484,11 +483,14 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--high-noise-weight",
         type=float,
-        default=1.0,
-        help="v-prediction only: x0-space loss weight kept at the noisiest steps (min(SNR, gamma) + this); "
-        "run 4 tried 0.25: shapes no better (48 %% on the sweep seeds against 52 %%), colours worse",
+        default=None,
+        help="x0-space loss weight kept at the noisiest steps (min(SNR, gamma) + this; default 1 for v, 0 for eps); "
+        "run 4 (v) tried 0.25: shapes no better (48 %% on the sweep seeds against 52 %%), colours worse",
     )
     ap.add_argument("--noise-offset", type=float, default=0.15, help="per-channel constant noise added to epsilon")
+    ap.add_argument(
+        "--pyramid-noise", type=float, default=0.0, help="std of 2x2 and 4x4 noise added to epsilon (objective.py)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--threads",
@@ -527,6 +529,7 @@ def main(argv=None) -> None:
         args.prediction_type,
         args.high_noise_weight,
         args.mid_t_frac,
+        args.pyramid_noise,
     )
     vs = torch.load(args.work / "vae.pt", weights_only=False)["state"]
     dpath = args.work / "decoder.pt"
@@ -546,6 +549,7 @@ def main(argv=None) -> None:
         "noise_offset": args.noise_offset,
         "high_t_frac": args.high_t_frac,
         "mid_t_frac": args.mid_t_frac,
+        "pyramid_noise": args.pyramid_noise,
         "ema_decay": args.ema_decay,
         "min_snr_gamma": args.min_snr_gamma,
         "prediction_type": args.prediction_type,
