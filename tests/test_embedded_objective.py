@@ -96,3 +96,36 @@ def test_pyramid_noise_adds_energy_where_an_object_position_lives():
     assert _block_std(pyr, 8) > 2 * _block_std(white, 8)  # 2x2 blocks: white 0.125, pyramid about 0.33
     assert _block_std(pyr, 4) > 1.3 * _block_std(white, 4)  # 4x4 blocks: white 0.25
     assert abs(pyr.std().item() - 1.0) < 0.15  # the pixel-level noise stays close to what samplers start from
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("t", [100, 600, 999])
+def test_layout_loss_weighs_a_coarse_clean_image_error_by_the_layout_weight(prediction_type, t):
+    """A prediction whose clean image (as the samplers read it) is off by a left/right shift costs weight·δ²."""
+    sched = _scheduler(prediction_type)
+    g = torch.Generator().manual_seed(t)
+    z0, noise = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 4, 16, 16, generator=g)
+    a = sched.alphas_cumprod[t].float().view(1, 1, 1, 1)
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    delta = torch.zeros(1, 4, 16, 16)
+    delta[..., :8] = 0.5  # the left half brighter, the right half darker
+    delta[..., 8:] = -0.5
+    tgt = objective.target(z0, noise, a, prediction_type)
+    # the prediction whose x0 reading is z0 + delta
+    pred = tgt - delta * (a / (1 - a)).sqrt() if prediction_type == "epsilon" else tgt - delta / (1 - a).sqrt()
+    x0 = sched.step(pred, t, zt, generator=g).pred_original_sample
+    torch.testing.assert_close(x0, z0 + delta, rtol=1e-3, atol=1e-3)
+    loss = objective.layout_loss(pred, tgt, a, prediction_type, weight=0.25)
+    torch.testing.assert_close(loss, torch.tensor([0.25 * 0.25]), rtol=1e-3, atol=1e-5)
+
+
+def test_layout_loss_ignores_fine_errors_and_is_off_at_zero_weight():
+    """Errors that average out within each block (a star's missing point, this seed's jitter) cost nothing."""
+    a = torch.full((2, 1, 1, 1), 0.01)
+    fine = torch.ones(2, 4, 16, 16)
+    fine[..., ::2, :] = -1  # alternating rows: every 4x4 block mean is 0
+    zero = torch.zeros_like(fine)
+    assert objective.layout_loss(fine, zero, a, "epsilon", 0.25).abs().max() < 1e-6
+    assert torch.equal(objective.layout_loss(fine, zero, a, "epsilon", 0.0), torch.zeros(2))
+    coarse = torch.ones(2, 4, 16, 16)
+    assert objective.layout_loss(coarse, zero, a, "epsilon", 0.25).min() > 10  # 0.25 / SNR(≈0.0101)

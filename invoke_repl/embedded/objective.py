@@ -47,6 +47,26 @@ def loss_weights(
     return (capped + (high_noise_weight or 0.0)) / snr
 
 
+def layout_loss(
+    pred: torch.Tensor, tgt: torch.Tensor, a: torch.Tensor, prediction_type: str, weight: float, grid: int = 4
+) -> torch.Tensor:
+    """Per-sample (B,) loss on the coarse part of the clean-image error only: its means over a `grid`×`grid` grid.
+
+    Where the object sits and what colour the ground is are coarse; a star's points are fine. At the noisiest steps
+    the text can only say the coarse part, and the fine part of the clean image is a guess that no model can make
+    (the jitter of this seed's picture). A floor c on the whole x0 error there (`loss_weights`) taught positions,
+    but it also fed that unguessable fine part into every batch's gradient. This term gives the coarse part the
+    weight `weight` in x0 terms at every step and leaves the fine part to the Min-SNR weights. The x0 error is the
+    prediction error times sqrt(1/SNR) for eps and sqrt(1−a) for v; block means are linear, so they pool first.
+    """
+    if not weight:
+        return torch.zeros(pred.shape[0], dtype=pred.dtype)
+    a = a.reshape(-1)
+    scale = (1 - a) / a if prediction_type == "epsilon" else 1 - a
+    coarse = F.adaptive_avg_pool2d(pred - tgt, grid)
+    return weight * scale * coarse.pow(2).mean(dim=(1, 2, 3))
+
+
 def training_noise(z0: torch.Tensor, offset: float = 0.0, pyramid: float = 0.0) -> torch.Tensor:
     """The noise added to latents in training: white, plus optional low-frequency parts the model cannot trust.
 

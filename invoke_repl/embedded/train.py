@@ -294,6 +294,7 @@ def phase_unet(
     high_noise_weight: float | None = None,
     mid_t_frac: float = 0.0,
     pyramid_noise: float = 0.0,
+    layout_weight: float = 0.0,
 ):
     from diffusers import DDPMScheduler
 
@@ -381,7 +382,9 @@ def phase_unet(
         cond = te(ids)[0]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
         w = objective.loss_weights(a, min_snr_gamma, prediction_type, high_noise_weight)
-        loss = (w * (pred - objective.target(z0, noise, a, prediction_type)).pow(2).mean(dim=(1, 2, 3))).mean()
+        tgt = objective.target(z0, noise, a, prediction_type)
+        per_sample = w * (pred - tgt).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_sample + objective.layout_loss(pred, tgt, a, prediction_type, layout_weight)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -489,6 +492,12 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--noise-offset", type=float, default=0.15, help="per-channel constant noise added to epsilon")
     ap.add_argument(
+        "--layout-weight",
+        type=float,
+        default=0.0,
+        help="x0-space weight on the 4x4 block means of the error at every step (objective.layout_loss)",
+    )
+    ap.add_argument(
         "--pyramid-noise", type=float, default=0.0, help="std of 2x2 and 4x4 noise added to epsilon (objective.py)"
     )
     ap.add_argument("--seed", type=int, default=0)
@@ -530,6 +539,7 @@ def main(argv=None) -> None:
         args.high_noise_weight,
         args.mid_t_frac,
         args.pyramid_noise,
+        args.layout_weight,
     )
     vs = torch.load(args.work / "vae.pt", weights_only=False)["state"]
     dpath = args.work / "decoder.pt"
@@ -550,6 +560,7 @@ def main(argv=None) -> None:
         "high_t_frac": args.high_t_frac,
         "mid_t_frac": args.mid_t_frac,
         "pyramid_noise": args.pyramid_noise,
+        "layout_weight": args.layout_weight,
         "ema_decay": args.ema_decay,
         "min_snr_gamma": args.min_snr_gamma,
         "prediction_type": args.prediction_type,
