@@ -488,7 +488,7 @@ def main(argv=None) -> None:
         type=float,
         default=None,
         help="x0-space loss weight kept at the noisiest steps (min(SNR, gamma) + this; default 1 for v, 0 for eps); "
-        "run 4 (v) tried 0.25: shapes no better (48 %% on the sweep seeds against 52 %%), colours worse",
+        "run 4 (v) and run 7 (eps) tried 0.25: positions right, shapes as soft as with 1 (MODEL_CARD.md)",
     )
     ap.add_argument("--noise-offset", type=float, default=0.15, help="per-channel constant noise added to epsilon")
     ap.add_argument(
