@@ -76,8 +76,9 @@ def training_noise(z0: torch.Tensor, offset: float = 0.0, pyramid: float = 0.0) 
     16×16 latents the mean is the background colour: `offset` (a constant per channel, std `offset`) fixed it
     (run 2). One level up is where the object sits: an epsilon model put objects where the noise leaned (position
     right 31 %). `pyramid` adds bilinear-upsampled 2×2 and 4×4 noise of std `pyramid` (multi-resolution noise,
-    J. Whitaker 2023), so the model has to take the layout from the text. Draws nothing extra from the RNG for a
-    zero share, so a resumed run repeats its noise.
+    J. Whitaker 2023), so that the model has to take the layout from the text. Alone it did not teach the position
+    words (run 6); `layout_loss` gives them the weight. Draws nothing extra from the RNG for a zero share, so a
+    resumed run repeats its noise.
     """
     noise = torch.randn_like(z0)
     b, c, h, w = z0.shape
