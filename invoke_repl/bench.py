@@ -40,6 +40,7 @@ GPU_SCENARIOS = (
     "gpu_load_fp16_folder",
     "gpu_switch",
     "gpu_peak_memory",
+    "gpu_sync_audit",
     "gpu_cold_start",
 )
 
@@ -87,10 +88,10 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def process_seconds(args: list[str], stdin: str | None = None) -> float:
+def process_seconds(args: list[str], stdin: str | None = None, env: dict[str, str] | None = None) -> float:
     """Wall time of one child process from start to exit (it must succeed): cold starts and whole scripts."""
     start = time.perf_counter()
-    subprocess.run(args, input=stdin, text=True, check=True, capture_output=True)
+    subprocess.run(args, input=stdin, text=True, check=True, capture_output=True, env=env)
     return time.perf_counter() - start
 
 
@@ -300,7 +301,29 @@ def bench_scripted(lines: int = 20) -> Result:
 
 
 # ------------------------------------------------------------------------------------------- GPU scenarios
-def sd15_random_components(dtype: Any) -> Any:
+@dataclass
+class GpuPlan:
+    """What the GPU scenarios run on. The defaults are issue 7's: SD 1.5 architecture, fp16, 512², 50 steps, CUDA.
+
+    The tests run the very same code on the CPU with a tiny model, 2 steps and fake compile/graph capture, so a
+    lent GPU's few minutes are never spent finding a typo.
+    """
+
+    device: str = "cuda"
+    dtype: str = "float16"
+    size: int = 512
+    steps: int = 50
+    build: Callable[[], Any] | None = None  # Components on `device`; default: SD 1.5 with random weights
+    compile_fn: Callable[[Any], Any] | None = None
+    capture_fn: Callable[..., Any] | None = None
+
+    def components(self) -> Any:
+        import torch
+
+        return (self.build or (lambda: sd15_random_components(getattr(torch, self.dtype), self.device)))()
+
+
+def sd15_random_components(dtype: Any, device: str = "cuda") -> Any:
     """SD 1.5's architecture from configs/sd-1 with random weights: real compute, nothing downloaded."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -312,23 +335,27 @@ def sd15_random_components(dtype: Any) -> Any:
 
     folder = configs_dir() / "sd-1"
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
-    parts = [m.to("cuda", dtype).eval().requires_grad_(False) for m in (unet, vae, text_encoder)]
+    with torch.device(device):  # initialised where they run: random init of 1 B parameters on the host takes long
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+    parts = [m.to(device, dtype).eval().requires_grad_(False) for m in (unet, vae, text_encoder)]
     return Components("sd15-random", parts[0], parts[1], parts[2], load_clip_tokenizer(), dict(SD1_SCHEDULER_CONFIG))
 
 
-def gpu_requests() -> dict[str, tuple[Any, Any]]:
+def gpu_requests(plan: GpuPlan | None = None) -> dict[str, tuple[Any, Any]]:
     """The GPU generation scenarios' requests (SD 1.5 size: 512², 50 steps) and init images."""
     from PIL import Image
 
     from invoke_repl.paths import PACKAGE_DIR
     from invoke_repl.request import Request
 
-    txt = Request(prompt="a photo of a red circle on a blue background", steps=50, seed=1, width=512, height=512)
-    init = Image.open(PACKAGE_DIR / "embedded" / "fire-drawing.png").convert("RGB").resize((512, 512))
-    img = Request(prompt="fire", steps=50, seed=1592514025, strength=0.7, init_img="x", width=512, height=512)
+    plan = plan or GpuPlan()
+    size, steps = plan.size, plan.steps
+    prompt = "a photo of a red circle on a blue background"
+    txt = Request(prompt=prompt, steps=steps, seed=1, width=size, height=size)
+    init = Image.open(PACKAGE_DIR / "embedded" / "fire-drawing.png").convert("RGB").resize((size, size))
+    img = Request(prompt="fire", steps=steps, seed=1592514025, strength=0.7, init_img="x", width=size, height=size)
     return {
         "gpu_txt2img_k_lms": (txt, None),
         "gpu_txt2img_k_euler": (txt.replace(sampler="k_euler"), None),
@@ -337,152 +364,302 @@ def gpu_requests() -> dict[str, tuple[Any, Any]]:
     }
 
 
-def bench_gpu(scenarios: list[str], repeats: int) -> list[Result]:
-    """Stock first on untouched modules; then our fast path (layout, then compiled UNets) on the same weights.
+def _pixels(images: list[Any]) -> Any:
+    import numpy as np
 
-    The order matters: fused QKV projections and channels_last change the modules in place, and the stock pipeline
-    must not profit from them.
+    return np.stack([np.asarray(getattr(image, "image", image), dtype=np.int16) for image in images])
+
+
+def _max_diff(a: list[Any], b: list[Any]) -> int:
+    return int(abs(_pixels(a) - _pixels(b)).max())
+
+
+class _Memory:
+    """Peak device memory of one call: allocated (what tensors held) and reserved (what the allocator took)."""
+
+    def __init__(self, device: str):
+        import torch
+
+        self.cuda = device.startswith("cuda") and torch.cuda.is_available()
+
+    def peak(self, fn: Callable[[], Any]) -> tuple[float, float]:
+        import gc
+
+        import torch
+
+        if not self.cuda:
+            fn()
+            return 0.0, 0.0
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
+
+
+def bench_gpu(
+    scenarios: list[str], repeats: int, plan: GpuPlan | None = None, report: Callable[[list[Result]], None] = print
+) -> list[Result]:
+    """Stock first on untouched modules; then our fast path on the same weights, reported as each figure is known.
+
+    Ours is measured three ways: eager (layout changes only), with CUDA graphs (what one-shot scripts and the
+    first commands of a session run), and compiled with CUDA graphs (an interactive session once its background
+    compile is done). The order matters: fused QKV projections and channels_last change the modules in place, and
+    the stock pipeline must not profit from them. Results go to `report` one scenario at a time, so a run cut
+    short by a lease still leaves every figure it got to.
     """
-    import torch
-
     from invoke_repl import accel
 
-    results = []
-    components = sd15_random_components(torch.float16)
-    generation = {k: v for k, v in gpu_requests().items() if k in scenarios}
+    plan = plan or GpuPlan()
+    results: list[Result] = []
+
+    def emit(*new: Result) -> None:
+        report(list(new))
+        results.extend(new)
+
+    device = device_name() if plan.device.startswith("cuda") else f"{plan.device} (dry run)"
+    memory = _Memory(plan.device)
+    components = plan.components()
+    generation = {k: v for k, v in gpu_requests(plan).items() if k in scenarios}
     stock_s: dict[str, float] = {}
+    stock_images: dict[str, Any] = {}
     for scenario, (request, init) in generation.items():
-        if scenario == "gpu_n4":
-            stock_s[scenario] = median_time(stock(components, request.replace(iterations=1), init), repeats)
-        else:
-            stock_s[scenario] = median_time(stock(components, request, init), repeats)
-    if "gpu_peak_memory" in scenarios:
-        request = gpu_requests()["gpu_txt2img_k_euler"][0]
-        torch.cuda.reset_peak_memory_stats()
-        stock(components, request)()
-        stock_peak = torch.cuda.max_memory_allocated() / 2**30
+        one = request.replace(iterations=1) if scenario == "gpu_n4" else request
+        run = stock(components, one, init)
+        stock_s[scenario] = median_time(run, repeats)
+        stock_images[scenario] = run()
+        print(f"  stock {scenario}: {stock_s[scenario]:.4f} s", flush=True)
+    stock_peak = memory.peak(stock(components, gpu_requests(plan)["gpu_txt2img_k_euler"][0]))
 
-    with_layout = accel.optimise_layout(components, force=True)
-    eager_s = {k: median_time(ours(components, r, i), repeats) for k, (r, i) in generation.items()}
-    compile_s: dict[str, float] = {}
-    compiled_s: dict[str, float] = {}
-    if generation:
-        registry = components.extras["compiled_unets"] = accel.CompiledUNets()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, catalogue_file = _save_folder(components, Path(tmp))  # before the layout changes touch the modules
+        layout = "+".join(accel.optimise_layout(components, force=True))
+        components.extras["cuda_graphs"] = False
+        eager_s = {k: median_time(ours(components, r, i), repeats) for k, (r, i) in generation.items()}
+        eager_images = {k: ours(components, r, i)() for k, (r, i) in generation.items()}
+        graphs = components.extras["cuda_graphs"] = accel.CudaGraphs(capture_fn=plan.capture_fn)
+        if plan.capture_fn is None and not plan.device.startswith("cuda"):
+            components.extras["cuda_graphs"] = False  # a CPU dry run without a fake: no graphs to capture
+        graphed_s: dict[str, float] = {}
         for scenario, (request, init) in generation.items():
-            known = set(registry.entries)
-            ours(components, request, init)()  # starts the compile for this shape (eager serves this run)
-            registry.wait()
-            compile_s[scenario] = sum(e.seconds for k, e in registry.entries.items() if k not in known)
-            compiled_s[scenario] = median_time(ours(components, request, init), repeats)
-        failed = [e.error for e in registry.entries.values() if e.state == "failed"]
-        for notice in registry.take_notices():
+            per_image = 4 if scenario == "gpu_n4" else 1
+            run = ours(components, request, init)
+            graphed_s[scenario] = median_time(run, repeats)
+            images = run()
+            note = (
+                f"{request.steps} steps {plan.size}², {plan.dtype}, {layout}, CUDA graphs; eager "
+                f"{eager_s[scenario] / per_image:.4f} s; "
+                f"max pixel diff vs eager {_max_diff(images, eager_images[scenario])}"
+                + (f", vs stock {_max_diff(images, stock_images[scenario])}" if per_image == 1 else "")
+                + (" (per image of -n 4 vs stock batch 1)" if per_image == 4 else "")
+            )
+            extra = {"eager_s": eager_s[scenario] / per_image, "variant": "graphs"}
+            emit(Result(scenario, device, graphed_s[scenario] / per_image, stock_s[scenario], notes=note, extra=extra))
+        for notice in graphs.take_notices():
             print(f"  {notice}", flush=True)
-        compile_note = f"compile failed: {failed[0]}" if failed else ""
-
-    layout = "+".join(with_layout)
-    for scenario, (request, _init) in generation.items():
-        per_image = 4 if scenario == "gpu_n4" else 1
-        ours_s = compiled_s[scenario] / per_image
-        note = f"{request.steps} steps 512², fp16, {layout}, compiled; eager {eager_s[scenario] / per_image:.3f} s" + (
-            " per image of -n 4 vs stock batch 1" if scenario == "gpu_n4" else ""
-        )
-        results.append(
-            Result(
-                scenario,
-                device_name(),
-                ours_s,
-                stock_s[scenario],
-                notes=compile_note or note,
-                extra={"eager_s": eager_s[scenario] / per_image},
+        if graphs:
+            emit(
+                Result(
+                    "gpu_graph_capture",
+                    device,
+                    graphs.seconds / max(graphs.captures, 1),
+                    None,
+                    notes=f"mean per shape over {graphs.captures} captures (two warm-up forwards + the capture)",
+                )
             )
-        )
-    if compile_s:
-        results.append(
-            Result(
-                "gpu_compile",
-                device_name(),
-                max(compile_s.values()),
-                None,
-                notes="longest compile of one shape (background thread); per scenario: "
-                + ", ".join(f"{k} {v:.1f} s" for k, v in compile_s.items()),
+        if "gpu_sync_audit" in scenarios:
+            emit(bench_sync_audit(components, plan, device))
+        if "gpu_peak_memory" in scenarios:
+            ours_peak = memory.peak(ours(components, gpu_requests(plan)["gpu_txt2img_k_euler"][0]))
+            emit(
+                Result(
+                    "gpu_peak_memory",
+                    device,
+                    ours_peak[0],
+                    stock_peak[0],
+                    unit="GiB",
+                    notes=f"allocated; reserved: ours {ours_peak[1]:.2f} GiB, stock {stock_peak[1]:.2f} GiB "
+                    f"(ours holds {len(graphs.graphs)} CUDA graph(s))",
+                    extra={"ours_reserved": ours_peak[1], "stock_reserved": stock_peak[1]},
+                )
             )
-        )
-    if "gpu_peak_memory" in scenarios:
-        request = gpu_requests()["gpu_txt2img_k_euler"][0]
-        torch.cuda.reset_peak_memory_stats()
-        ours(components, request)()
-        results.append(
-            Result("gpu_peak_memory", device_name(), torch.cuda.max_memory_allocated() / 2**30, stock_peak, unit="GiB")
-        )
-    for scenario in ("gpu_load_fp16_folder", "gpu_switch", "gpu_cold_start"):
-        if scenario in scenarios:
-            results.append(bench_gpu_loading(sd15_random_components(torch.float16), scenario, repeats))
+        for scenario in ("gpu_switch", "gpu_load_fp16_folder"):
+            if scenario in scenarios:
+                emit(bench_gpu_loading(folder, catalogue_file, scenario, repeats, plan, device))
+        if generation:
+            emit(*_bench_compiled(components, generation, repeats, plan, device, stock_s, graphed_s))
+        if "gpu_cold_start" in scenarios:
+            del components
+            emit(bench_cold_start(folder, catalogue_file, plan, device))
     return results
 
 
-def bench_gpu_loading(components: Any, scenario: str, repeats: int) -> Result:
+def bench_sync_audit(components: Any, plan: GpuPlan, device: str) -> Result:
+    """Host-device synchronisations inside the denoise loop, for every sampler: CUDA's sync debug mode warns at
+    each one, and the warnings raised from the loop's own lines (the scheduler's step, our sampler code, the
+    loop in core.sample) are counted. Decoding's copy to the host is outside the loop and not counted."""
+    import inspect
+    import warnings
+
+    import torch
+
+    from invoke_repl.generator import core
+    from invoke_repl.generator.samplers import SAMPLER_TABLE
+
+    lines, first = inspect.getsourcelines(core.sample)
+    loop = range(first, first + len(lines))
+    request = gpu_requests(plan)["gpu_txt2img_k_euler"][0].replace(steps=min(plan.steps, 10))
+    counts: dict[str, int] = {}
+    sites: set[str] = set()
+    for name in SAMPLER_TABLE:
+        run = ours(components, request.replace(sampler=name))
+        run()  # graphs captured, caches filled: the audit looks at a steady-state command
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if plan.device.startswith("cuda"):
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run()
+            finally:
+                if plan.device.startswith("cuda"):
+                    torch.cuda.set_sync_debug_mode(0)
+        in_loop = [
+            w
+            for w in caught
+            if (w.filename.endswith("core.py") and w.lineno in loop)
+            or "schedulers" in w.filename
+            or w.filename.endswith("samplers.py")
+        ]
+        counts[name] = len(in_loop)
+        sites.update(f"{Path(w.filename).name}:{w.lineno}" for w in in_loop)
+    total = sum(counts.values())
+    notes = "syncs inside the loop, 10 steps: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+    if sites:
+        notes += "; at " + ", ".join(sorted(sites)[:8])
+    return Result("gpu_sync_audit", device, float(total), None, unit="syncs", notes=notes, extra={"counts": counts})
+
+
+def _bench_compiled(
+    components: Any,
+    generation: dict[str, tuple[Any, Any]],
+    repeats: int,
+    plan: GpuPlan,
+    device: str,
+    stock_s: dict[str, float],
+    graphed_s: dict[str, float],
+) -> list[Result]:
+    """The compiled UNet (built in the background as in a session) under CUDA graphs, then the compile's cost."""
+    from invoke_repl import accel
+
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(compile_fn=plan.compile_fn)
+    compile_s: dict[str, float] = {}
+    results = []
+    for scenario, (request, init) in generation.items():
+        known = set(registry.entries)
+        ours(components, request, init)()  # starts the compile for this shape (the graphed eager UNet serves)
+        registry.wait()
+        compile_s[scenario] = sum(e.seconds for k, e in registry.entries.items() if k not in known)
+        per_image = 4 if scenario == "gpu_n4" else 1
+        compiled = median_time(ours(components, request, init), repeats)
+        failed = [e.error for e in registry.entries.values() if e.state == "failed"]
+        note = (
+            f"compile failed: {failed[0]}"
+            if failed
+            else f"compiled + CUDA graphs; graphs alone {graphed_s[scenario] / per_image:.4f} s"
+        )
+        extra = {"variant": "compiled+graphs", "compile_s": compile_s[scenario]}
+        results.append(
+            Result(scenario + "+compiled", device, compiled / per_image, stock_s[scenario], notes=note, extra=extra)
+        )
+    for notice in registry.take_notices():
+        print(f"  {notice}", flush=True)
+    results.append(
+        Result(
+            "gpu_compile",
+            device,
+            max(compile_s.values()),
+            None,
+            notes="longest compile of one shape (background thread); per scenario: "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in compile_s.items()),
+        )
+    )
+    return results
+
+
+def _save_folder(components: Any, tmp: Path) -> tuple[Path, Path]:
+    """The model as a diffusers folder in its dtype, and a two-entry catalogue naming it twice (for switches)."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp / "sd15"
+    StableDiffusionPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=stock_pipeline(components, "k_lms").scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(folder)
+    catalogue_file = tmp / "models.yaml"
+    catalogue_file.write_text(
+        f"a:\n  format: diffusers\n  path: {folder}\n  default: true\nb:\n  format: diffusers\n  path: {folder}\n"
+    )
+    return folder, catalogue_file
+
+
+def bench_gpu_loading(
+    folder: Path, catalogue_file: Path, scenario: str, repeats: int, plan: GpuPlan, device: str
+) -> Result:
     import torch
     from diffusers import StableDiffusionPipeline
 
     from invoke_repl.catalogue import Catalogue
     from invoke_repl.models import ModelManager
 
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp, "sd15")
-        pipe = StableDiffusionPipeline(
-            vae=components.vae,
-            text_encoder=components.text_encoder,
-            tokenizer=components.tokenizer,
-            unet=components.unet,
-            scheduler=stock_pipeline(components, "k_lms").scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+    dtype = getattr(torch, plan.dtype)
+    if scenario == "gpu_load_fp16_folder":
+
+        def ours_load() -> None:
+            ModelManager(Catalogue.load(catalogue_file), device=plan.device, precision=plan.dtype).get("a")
+
+        def stock_load() -> None:
+            StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, safety_checker=None).to(plan.device)
+
+        return Result(
+            scenario, device, median_time(ours_load, repeats), median_time(stock_load, repeats), notes="folder → device"
         )
-        pipe.save_pretrained(folder)
-        catalogue_file = Path(tmp, "models.yaml")
-        catalogue_file.write_text(
-            f"a:\n  format: diffusers\n  path: {folder}\n  default: true\nb:\n  format: diffusers\n  path: {folder}\n"
-        )
-        if scenario == "gpu_load_fp16_folder":
-
-            def ours_load() -> None:
-                ModelManager(Catalogue.load(catalogue_file), device="cuda", precision="float16").get("a")
-
-            def stock_load() -> None:
-                StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float16, safety_checker=None).to(
-                    "cuda"
-                )
-
-            return Result(scenario, device_name(), median_time(ours_load, repeats), median_time(stock_load, repeats))
-        if scenario == "gpu_cold_start":
-            return bench_cold_start(folder, catalogue_file)
-        manager = ModelManager(Catalogue.load(catalogue_file), device="cuda", precision="float16", max_loaded=2)
-        manager.get("a")
-        manager.get("b")
-        names = iter(["a", "b"] * 100)
-        switch = median_time(lambda: manager.switch(next(names)), max(repeats, 10))
-        return Result(scenario, device_name(), switch, None, notes="switch between two resident models")
+    manager = ModelManager(Catalogue.load(catalogue_file), device=plan.device, precision=plan.dtype, max_loaded=2)
+    manager.get("a")
+    manager.get("b")
+    names = iter(["a", "b"] * 100)
+    switch = median_time(lambda: manager.switch(next(names)), max(repeats, 10))
+    return Result(scenario, device, switch, None, notes="switch between two resident models")
 
 
-def bench_cold_start(folder: Path, catalogue_file: Path) -> Result:
-    """Process start → first 512² 50-step image on disk: our CLI against a stock script, same saved fp16 folder."""
-    line = "a photo of a red circle on a blue background --steps 50 --seed 1 -W 512 -H 512 --sampler k_euler\n"
+def bench_cold_start(folder: Path, catalogue_file: Path, plan: GpuPlan | None = None, device: str = "") -> Result:
+    """Process start → first image on disk: our CLI against a stock script, same saved folder, same dtype."""
+    plan = plan or GpuPlan()
+    size = plan.size
+    prompt = "a photo of a red circle on a blue background"
+    line = f"{prompt} --steps {plan.steps} --seed 1 -W {size} -H {size} --sampler k_euler\n"
     with tempfile.TemporaryDirectory() as tmp:
         ours_s = process_seconds(
-            [sys.executable, "-m", "invoke_repl", "--models", str(catalogue_file), "--outdir", tmp, "--no-progress"],
+            [sys.executable, "-m", "invoke_repl", "--models", str(catalogue_file), "--outdir", tmp, "--no-progress"]
+            + ["--device", plan.device, "--precision", plan.dtype],
             stdin=line,
         )
         stock_script = (
             "import torch\nfrom diffusers import StableDiffusionPipeline, EulerDiscreteScheduler\n"
-            f"p = StableDiffusionPipeline.from_pretrained({str(folder)!r}, torch_dtype=torch.float16,"
-            " safety_checker=None).to('cuda')\n"
+            f"p = StableDiffusionPipeline.from_pretrained({str(folder)!r}, torch_dtype=torch.{plan.dtype},"
+            f" safety_checker=None).to({plan.device!r})\n"
             "p.scheduler = EulerDiscreteScheduler.from_config(p.scheduler.config)\n"
-            "p('a photo of a red circle on a blue background', num_inference_steps=50,"
+            f"p({prompt!r}, num_inference_steps={plan.steps}, width={size}, height={size},"
             f" generator=torch.Generator().manual_seed(1)).images[0].save({tmp!r} + '/stock.png')\n"
         )
         stock_s = process_seconds([sys.executable, "-c", stock_script])
-    return Result("gpu_cold_start", device_name(), ours_s, stock_s, notes="process start → first image saved")
+    return Result("gpu_cold_start", device or device_name(), ours_s, stock_s, notes="process start → first image saved")
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -524,8 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print("no CUDA device: GPU scenarios skipped", file=sys.stderr)
         else:
-            new = bench_gpu(gpu, args.repeats)
-            _report(new, args.json)
+            bench_gpu(gpu, args.repeats, report=lambda new: _report(new, args.json))
     return 0
 
 

@@ -222,10 +222,11 @@ class Session:
 
     def _compile_notices(self, components: Any) -> None:
         """Say what the GPU fast path's background compiles started or finished (and what each cost)."""
-        registry = components.extras.get("compiled_unets")
-        if registry is not None:
-            for notice in registry.take_notices():
-                self._say(notice)
+        for name in ("compiled_unets", "cuda_graphs"):
+            registry = components.extras.get(name)
+            if registry:
+                for notice in registry.take_notices():
+                    self._say(notice)
 
     def _finish_grid(self, outdir: Path, prefix: int, request: Request, made: list[Any]) -> None:
         if request.grid and len(made) > 1:

@@ -194,3 +194,111 @@ def test_compile_flag_defaults_to_auto():
 
     assert build_parser().parse_args([]).compile == "auto"
     assert build_parser().parse_args(["--compile", "on"]).compile == "on"
+
+
+class FakeGraphs:
+    """Stands in for CUDA graph capture: records each capture; its replay runs the captured forward through static
+    buffers the way a real graph does (inputs copied in, one output buffer overwritten by every replay)."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.captured: list[tuple] = []
+        self.replays = 0
+
+    def __call__(self, forward, latents, t, context):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.captured.append((forward, tuple(latents.shape), tuple(context.shape)))
+        static_x, static_t, static_ctx = latents.clone(), t.clone(), context.clone()
+        static_out = torch.empty_like(latents)
+
+        def replay(sample, timestep, *, encoder_hidden_states, return_dict=False):
+            static_x.copy_(sample)
+            static_t.copy_(timestep)
+            static_ctx.copy_(encoder_hidden_states)
+            static_out.copy_(forward(static_x, static_t, encoder_hidden_states=static_ctx, return_dict=False)[0])
+            self.replays += 1
+            return (static_out.clone(),)
+
+        return replay
+
+
+def test_a_cuda_graph_is_captured_once_per_shape_and_replays_every_step_with_the_same_pixels():
+    components = build_tiny_random()
+    plain = one_image(components, sampler="k_lms")
+    plain_ancestral = one_image(components, sampler="k_euler_a", seed=9)
+    fake = FakeGraphs()
+    graphs = components.extras["cuda_graphs"] = accel.CudaGraphs(capture_fn=fake)
+    assert np.array_equal(one_image(components, sampler="k_lms"), plain)
+    assert np.array_equal(one_image(components, sampler="k_euler_a", seed=9), plain_ancestral)
+    assert [c[1:] for c in fake.captured] == [((2, 4, 16, 16), (2, 77, 32))]  # one capture, two commands
+    assert fake.replays == 8  # 4 steps each, all replayed
+    one_image(components, width=48, height=32)
+    one_image(components, cfg_scale=1.0)
+    assert [c[1:] for c in fake.captured][1:] == [((2, 4, 8, 12), (2, 77, 32)), ((1, 4, 16, 16), (1, 77, 32))]
+    assert graphs.captures == 3 and graphs.take_notices() == []
+
+
+def test_the_compiled_unet_gets_its_own_graph_which_replaces_the_eager_one():
+    components = build_tiny_random()
+    fake = FakeGraphs()
+    graphs = components.extras["cuda_graphs"] = accel.CudaGraphs(capture_fn=fake)
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(compile_fn=FakeCompiler())
+    plain = one_image(components)  # eager graph; the compile starts
+    registry.wait(30)
+    assert np.array_equal(one_image(components), plain)
+    assert [c[0] is components.unet for c in fake.captured] == [True, False]
+    assert len(graphs.graphs) == 1  # the eager graph of that shape was dropped, its memory with it
+    one_image(components)
+    assert len(fake.captured) == 2
+
+
+def test_graphs_beyond_the_limit_are_dropped_least_recently_used_first():
+    components = build_tiny_random()
+    graphs = components.extras["cuda_graphs"] = accel.CudaGraphs(capture_fn=FakeGraphs(), limit=2)
+    for width in (32, 48, 32, 64):
+        one_image(components, width=width, steps=1)
+    kept = [key[0][3] * components.vae_scale_factor for key in graphs.graphs]
+    assert kept == [32, 64]  # 48 wide was used least recently
+
+
+def test_failed_capture_is_reported_once_and_the_unet_keeps_serving(tmp_path):
+    components = build_tiny_random()
+    plain = one_image(components)
+    graphs = components.extras["cuda_graphs"] = accel.CudaGraphs(capture_fn=FakeGraphs(fail=True))
+    assert np.array_equal(one_image(components), plain)
+    assert graphs.take_notices() == [
+        "CUDA graph for latents 16×16 batch 2, 77 tokens, float32 failed, staying without "
+        "(RuntimeError: operation not permitted when stream is capturing)"
+    ]
+    assert np.array_equal(one_image(components), plain)
+    assert graphs.take_notices() == []  # not retried for the same shapes
+
+
+def test_graphs_are_off_on_the_cpu_by_switch_and_per_model(monkeypatch, components):
+    assert accel.cuda_graphs(components) is None and "cuda_graphs" not in components.extras
+    cuda = torch.device("cuda")
+    assert accel.graphs_enabled(cuda)
+    monkeypatch.setenv("INVOKE_REPL_CUDA_GRAPHS", "0")
+    assert not accel.graphs_enabled(cuda) and accel.fast_path_enabled(cuda)
+    tiny = build_tiny_random()
+    tiny.extras["cuda_graphs"] = False
+    sample, context = torch.zeros(2, 4, 16, 16), torch.zeros(2, 77, 32)
+    assert accel.unet_forward(tiny, sample, context) is tiny.unet
+
+
+def test_moving_a_model_forgets_its_graphs():
+    from invoke_repl.models import _move
+
+    components = build_tiny_random()
+    components.extras["cuda_graphs"] = accel.CudaGraphs(capture_fn=FakeGraphs())
+    _move(components, torch.device("cpu"), None, pin=False)
+    assert "cuda_graphs" not in components.extras
+
+
+def test_a_graph_first_captured_for_int_timesteps_still_serves_fractional_ones():
+    components = build_tiny_random()
+    plain = one_image(components, sampler="k_lms", steps=7)  # 999, 832.5, …: fractional timesteps
+    components.extras["cuda_graphs"] = accel.CudaGraphs(capture_fn=FakeGraphs())
+    one_image(components, sampler="ddim")  # int64 timesteps reach the capture first
+    assert np.array_equal(one_image(components, sampler="k_lms", steps=7), plain)

@@ -1,0 +1,70 @@
+"""The benchmark's GPU scenarios, dry-run on the CPU: a tiny model, 2 steps, fake compile and graph capture.
+
+A lent GPU gives a session minutes, not hours; this runs every line of the GPU check first, so those minutes are
+spent measuring. The timings themselves are never asserted (they would flake on shared machines).
+"""
+
+from __future__ import annotations
+
+import json
+
+from invoke_repl import bench
+from invoke_repl.builtin import build_tiny_random
+
+
+def identity_compile(unet):
+    return unet
+
+
+def passthrough_capture(forward, latents, t, context):
+    return forward
+
+
+def test_every_gpu_scenario_runs_end_to_end_on_a_dry_run(tmp_path, capsys):
+    plan = bench.GpuPlan(
+        device="cpu",
+        dtype="float32",
+        size=32,
+        steps=2,
+        build=build_tiny_random,
+        compile_fn=identity_compile,
+        capture_fn=passthrough_capture,
+    )
+    reported: list[str] = []
+    results = bench.bench_gpu(
+        list(bench.GPU_SCENARIOS), 1, plan, report=lambda new: reported.extend(r.scenario for r in new)
+    )
+    by_name = {r.scenario: r for r in results}
+    assert reported == [r.scenario for r in results]  # each figure reported as soon as it is known
+    generation = ("gpu_txt2img_k_lms", "gpu_txt2img_k_euler", "gpu_img2img_0.7", "gpu_n4")
+    assert set(by_name) == {
+        *generation,
+        *(s + "+compiled" for s in generation),
+        "gpu_compile",
+        "gpu_peak_memory",
+        "gpu_graph_capture",
+        "gpu_sync_audit",
+        "gpu_switch",
+        "gpu_load_fp16_folder",
+        "gpu_cold_start",
+    }
+    for name in generation:
+        result = by_name[name]
+        assert result.ours_s > 0 and result.stock_s > 0 and result.extra["eager_s"] > 0
+        assert "max pixel diff vs eager 0" in result.notes  # graphs (here passthrough) change no pixel
+        assert "compile failed" not in by_name[name + "+compiled"].notes
+    assert by_name["gpu_txt2img_k_euler"].notes.endswith("vs stock 0")  # same seed, same sampler: stock's pixels
+    assert by_name["gpu_cold_start"].ours_s > 0 and by_name["gpu_cold_start"].stock_s > 0
+    assert by_name["gpu_switch"].ours_s >= 0 and by_name["gpu_load_fp16_folder"].stock_s > 0
+    assert by_name["gpu_sync_audit"].extra["counts"].keys() >= {"k_lms", "k_euler", "ddim"}
+    assert all(r.device == "cpu (dry run)" for r in results)
+
+
+def test_gpu_results_reach_the_json_file_one_line_each(tmp_path):
+    out = tmp_path / "runs.jsonl"
+    result = bench.Result("gpu_switch", "cpu", 0.01, None, notes="x")
+    bench._report([result], out)
+    bench._report([result], out)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["scenario"] for line in lines] == ["gpu_switch", "gpu_switch"]
+    assert lines[0]["ratio"] is None and lines[0]["ours_s"] == 0.01
