@@ -63,7 +63,7 @@ def optimise_layout(components: Components, *, force: bool = False) -> list[str]
     done: list[str] = components.extras.setdefault("fast_path", [])
     if not (force or fast_path_enabled(components.device)):
         return done
-    if "channels_last" not in done:
+    if "channels_last" not in done and os.environ.get("INVOKE_REPL_CHANNELS_LAST", "1") != "0":
         components.unet.to(memory_format=torch.channels_last)
         components.vae.to(memory_format=torch.channels_last)
         done.append("channels_last")

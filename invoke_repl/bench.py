@@ -41,6 +41,7 @@ GPU_SCENARIOS = (
     "gpu_switch",
     "gpu_peak_memory",
     "gpu_sync_audit",
+    "gpu_compile_cache",
     "gpu_cold_start",
 )
 
@@ -489,6 +490,8 @@ def bench_gpu(
                 emit(bench_gpu_loading(folder, catalogue_file, scenario, repeats, plan, device))
         if generation:
             emit(*_bench_compiled(components, generation, repeats, plan, device, stock_s, graphed_s))
+            if "gpu_compile_cache" in scenarios:
+                emit(bench_compile_cache(plan, device))
         if "gpu_cold_start" in scenarios:
             del components
             emit(bench_cold_start(folder, catalogue_file, plan, device))
@@ -508,10 +511,11 @@ def bench_sync_audit(components: Any, plan: GpuPlan, device: str) -> Result:
     from invoke_repl.generator.samplers import SAMPLER_TABLE
 
     lines, first = inspect.getsourcelines(core.sample)
-    loop = range(first, first + len(lines))
+    loop_start = first + next(i for i, line in enumerate(lines) if "for i, t in enumerate" in line)
+    loop = range(loop_start, first + len(lines))
     request = gpu_requests(plan)["gpu_txt2img_k_euler"][0].replace(steps=min(plan.steps, 10))
     counts: dict[str, int] = {}
-    sites: set[str] = set()
+    sites: dict[str, list[str]] = {}
     for name in SAMPLER_TABLE:
         run = ours(components, request.replace(sampler=name))
         run()  # graphs captured, caches filled: the audit looks at a steady-state command
@@ -527,17 +531,29 @@ def bench_sync_audit(components: Any, plan: GpuPlan, device: str) -> Result:
         in_loop = [
             w
             for w in caught
-            if (w.filename.endswith("core.py") and w.lineno in loop)
-            or "schedulers" in w.filename
-            or w.filename.endswith("samplers.py")
+            if "synchroniz" in str(w.message)
+            and (
+                (w.filename.endswith("core.py") and w.lineno in loop)
+                or "schedulers" in w.filename
+                or w.filename.endswith("samplers.py")
+            )
         ]
         counts[name] = len(in_loop)
-        sites.update(f"{Path(w.filename).name}:{w.lineno}" for w in in_loop)
+        sites[name] = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in in_loop})
     total = sum(counts.values())
     notes = "syncs inside the loop, 10 steps: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-    if sites:
-        notes += "; at " + ", ".join(sorted(sites)[:8])
-    return Result("gpu_sync_audit", device, float(total), None, unit="syncs", notes=notes, extra={"counts": counts})
+    where = sorted({site for found in sites.values() for site in found})
+    if where:
+        notes += "; at " + ", ".join(where)
+    return Result(
+        "gpu_sync_audit",
+        device,
+        float(total),
+        None,
+        unit="syncs",
+        notes=notes,
+        extra={"counts": counts, "sites": sites},
+    )
 
 
 def _bench_compiled(
@@ -585,6 +601,45 @@ def _bench_compiled(
         )
     )
     return results
+
+
+def bench_compile_cache(plan: GpuPlan, device: str) -> Result:
+    """The compile of the 512² batch-2 UNet again, in a fresh process: what a restarted session pays once the
+    first compile has filled Inductor's disk cache (accel keeps it under the user's cache folder)."""
+    fake = plan.compile_fn is not None  # the CPU dry run: a fake compile, a tiny model
+    args = f"{plan.size}, {plan.dtype!r}, {plan.device!r}, {fake}"
+    code = f"from invoke_repl.bench import _compile_once; _compile_once({args})"
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], text=True, check=True, capture_output=True)
+    total = time.perf_counter() - started
+    state, seconds = done.stdout.split()[-2:]
+    return Result(
+        "gpu_compile_cache",
+        device,
+        float(seconds),
+        None,
+        notes=f"compile in a fresh process with the disk cache warm: {state}; process start → compiled {total:.1f} s",
+    )
+
+
+def _compile_once(size: int, dtype: str, device: str, fake: bool) -> None:
+    """One background compile for the batch-2 shape at `size`, as a session would start it; prints state, seconds."""
+    import torch
+
+    from invoke_repl import accel
+    from invoke_repl.builtin import build_tiny_random
+
+    components = build_tiny_random() if fake else sd15_random_components(getattr(torch, dtype), device)
+    accel.optimise_layout(components, force=True)
+    registry = accel.CompiledUNets(compile_fn=(lambda unet: unet) if fake else None)
+    scale = components.vae_scale_factor
+    sample = torch.randn(2, components.latent_channels, size // scale, size // scale, device=device)
+    width = components.text_encoder.config.hidden_size
+    context = torch.randn(2, 77, width, device=device)
+    registry.forward_for(components.unet, sample.to(components.dtype), context.to(components.dtype))
+    registry.wait()
+    entry = next(iter(registry.entries.values()))
+    print(entry.state, f"{entry.seconds:.2f}")
 
 
 def _save_folder(components: Any, tmp: Path) -> tuple[Path, Path]:

@@ -44,6 +44,7 @@ def test_every_gpu_scenario_runs_end_to_end_on_a_dry_run(tmp_path, capsys):
         "gpu_peak_memory",
         "gpu_graph_capture",
         "gpu_sync_audit",
+        "gpu_compile_cache",
         "gpu_switch",
         "gpu_load_fp16_folder",
         "gpu_cold_start",
@@ -56,6 +57,7 @@ def test_every_gpu_scenario_runs_end_to_end_on_a_dry_run(tmp_path, capsys):
     assert by_name["gpu_txt2img_k_euler"].notes.endswith("vs stock 0")  # same seed, same sampler: stock's pixels
     assert by_name["gpu_cold_start"].ours_s > 0 and by_name["gpu_cold_start"].stock_s > 0
     assert by_name["gpu_switch"].ours_s >= 0 and by_name["gpu_load_fp16_folder"].stock_s > 0
+    assert "disk cache warm: ready" in by_name["gpu_compile_cache"].notes
     assert by_name["gpu_sync_audit"].extra["counts"].keys() >= {"k_lms", "k_euler", "ddim"}
     assert all(r.device == "cpu (dry run)" for r in results)
 
