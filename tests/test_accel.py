@@ -39,6 +39,27 @@ def test_layout_changes_keep_the_unet_output():
     assert accel.optimise_layout(components, force=True) == done  # idempotent
 
 
+def _unique_bytes(module):
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in module.parameters()}
+    return sum(storages.values())
+
+
+def test_fusing_keeps_no_second_copy_of_the_attention_weights():
+    from invoke_repl.models import _move
+
+    components = build_tiny_random()
+    originals = {n: p.detach().clone() for n, p in components.unet.named_parameters() if ".to_" in n}
+    unfused_bytes = _unique_bytes(components.unet)
+    accel.optimise_layout(components, force=True)
+    assert _unique_bytes(components.unet) == unfused_bytes  # the fused weights took the old ones' place
+    _move(components, torch.device("cpu"), torch.float64, pin=False)  # a move copies every tensor apart
+    accel.optimise_layout(components, force=True)  # … and the layout step shares them again
+    assert _unique_bytes(components.unet) == 2 * unfused_bytes  # float64: twice the bytes, still one copy
+    params = dict(components.unet.named_parameters())
+    for name, value in originals.items():  # the old projections still read the same numbers
+        torch.testing.assert_close(params[name], value.double(), rtol=0, atol=0)
+
+
 def test_cpu_models_stay_eager_and_unchanged(components):
     assert accel.optimise_layout(components) == []
     assert not any(getattr(m, "fused_projections", False) for m in components.unet.modules())
@@ -175,6 +196,26 @@ def test_session_prints_when_a_compile_starts_and_what_it_cost(tmp_path):
     assert len(started) == 1 and len(finished) == 1 and started[0] < finished[0], lines
 
 
+def test_session_reports_a_failed_graph_capture_once_and_keeps_generating(tmp_path):
+    import io
+
+    from invoke_repl.models import ModelManager, open_catalogue
+    from invoke_repl.session import Session
+    from tests.clirun import tiny_catalogue
+
+    manager = ModelManager(open_catalogue(tiny_catalogue(tmp_path)), device="cpu")
+    manager.get().extras["cuda_graphs"] = accel.CudaGraphs(capture_fn=FakeGraphs(fail=True))
+    err = io.StringIO()
+    session = Session(lambda: manager, outdir=tmp_path / "out", out=io.StringIO(), err=err, progress=False)
+    assert session.run_line('"a red circle" --steps 2 --seed 1').ok
+    assert session.run_line('"a red circle" --steps 2 --seed 2').ok
+    failures = [line for line in err.getvalue().splitlines() if line.startswith("CUDA graph for latents 16×16")]
+    assert len(failures) == 1 and failures[0].endswith(
+        "(RuntimeError: operation not permitted when stream is capturing)"
+    )
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2
+
+
 def test_cpu_session_never_creates_a_compile_registry(tmp_path):
     import io
 
@@ -187,6 +228,7 @@ def test_cpu_session_never_creates_a_compile_registry(tmp_path):
     session = Session(lambda: manager, outdir=tmp_path, out=io.StringIO(), err=err, progress=False, compile_unet=True)
     assert session.run_line('"a red circle" --steps 2 --seed 1').ok
     assert "compiled_unets" not in manager.get().extras and "compil" not in err.getvalue()
+    assert "cuda_graphs" not in manager.get().extras
 
 
 def test_compile_flag_defaults_to_auto():
