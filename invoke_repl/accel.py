@@ -15,9 +15,11 @@ earlier compiles.
 On top of either UNet (eager or compiled), each exact shape gets a CUDA graph: issue 7 measured that at batch 1
 the GPU mostly waits for kernel launches (batch 4 cost 1.73 s against 1.65 s for batch 1, stock, H200), and a graph
 replays the whole UNet forward with one launch. It is captured in the thread that runs the command, on the first
-step of the first command at that shape (two warm-up forwards and the capture: a few hundredths of a second on an
-H100-class GPU), and replaced by a graph of the compiled UNet once that is ready. Inductor's own CUDA graphs
-("reduce-overhead") are not used: they record per thread, and the compile runs in a background thread.
+step of the first command at that shape (two warm-up forwards and the capture: 0.13 s for SD 1.5 at 512² on an
+H200, `python -m invoke_repl.bench gpu`), and replaced by a graph of the compiled UNet once that is ready. There it
+took a 50-step image from 2.4 s (uncompiled, no graph) to 0.56 s, and with the compiled UNet to 0.36 s.
+Inductor's own CUDA graphs ("reduce-overhead") are not used: they record per thread, and the compile runs in a
+background thread.
 
 ``INVOKE_REPL_FAST_PATH=0`` turns all of it off (for comparisons and bug reports); ``INVOKE_REPL_COMPILE=0`` keeps
 the layout changes and graphs but never compiles; ``INVOKE_REPL_CUDA_GRAPHS=0`` keeps the rest without graphs.
