@@ -215,7 +215,8 @@ def _sidecar_parameterization(path: Path) -> str | None:
 def detect_folder_family(folder: Path) -> str:
     """The conventions a diffusers folder follows: 1024-wide cross-attention means SD 2.x (v-prediction: 2.x-v).
 
-    v-prediction alone does not make a folder SD 2: the embedded model predicts v with 128-wide cross-attention.
+    v-prediction alone does not make a folder SD 2: the embedded model's run 3 predicted v with 128-wide
+    cross-attention.
     A folder brings its own scheduler config, so the family only picks fallbacks (tokenizer padding).
     """
     unet = _read_json(folder / "unet" / "config.json") or {}

@@ -111,7 +111,7 @@ def test_family_detection_from_cross_attention_width(tmp_path):
     ],
 )
 def test_folder_family_from_cross_attention_width_and_prediction(tmp_path, cross, prediction, family):
-    """v-prediction alone is not SD 2: the embedded model predicts v through 128-wide cross-attention."""
+    """v-prediction alone is not SD 2: the embedded model's run 3 predicted v through 128-wide cross-attention."""
     files = {
         "unet/config.json": {"cross_attention_dim": cross},
         "scheduler/scheduler_config.json": {"prediction_type": prediction},

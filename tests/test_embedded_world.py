@@ -141,7 +141,7 @@ def test_trained_folder_sizes_and_loading():
     assert index["safety_checker"] == [None, None] and index["feature_extractor"] == [None, None]
     sched = json.loads((MODEL / "scheduler" / "scheduler_config.json").read_text())
     assert sched["num_train_timesteps"] == 1000 and sched["beta_schedule"] == "scaled_linear"
-    assert sched["beta_start"] == 0.00085 and sched["beta_end"] == 0.012 and sched["prediction_type"] == "v_prediction"
+    assert sched["beta_start"] == 0.00085 and sched["beta_end"] == 0.012 and sched["prediction_type"] == "epsilon"
     vae = AutoencoderKL.from_pretrained(MODEL / "vae", torch_dtype=torch.float32)
     unet = UNet2DConditionModel.from_pretrained(MODEL / "unet", torch_dtype=torch.float32)
     te = CLIPTextModel.from_pretrained(MODEL / "text_encoder", torch_dtype=torch.float32)

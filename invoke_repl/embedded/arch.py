@@ -23,7 +23,7 @@ SCHEDULER_CONFIG = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
-    "prediction_type": "v_prediction",  # the UNet predicts v (objective.py says why)
+    "prediction_type": "epsilon",  # runs 7 and 9 predict epsilon; run 3 (v) drew soft shapes (MODEL_CARD.md)
     "set_alpha_to_one": False,
     "skip_prk_steps": True,
     "steps_offset": 1,
