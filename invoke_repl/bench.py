@@ -89,10 +89,10 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def process_seconds(args: list[str], stdin: str | None = None, env: dict[str, str] | None = None) -> float:
+def process_seconds(args: list[str], stdin: str | None = None) -> float:
     """Wall time of one child process from start to exit (it must succeed): cold starts and whole scripts."""
     start = time.perf_counter()
-    subprocess.run(args, input=stdin, text=True, check=True, capture_output=True, env=env)
+    subprocess.run(args, input=stdin, text=True, check=True, capture_output=True)
     return time.perf_counter() - start
 
 
@@ -375,28 +375,21 @@ def _max_diff(a: list[Any], b: list[Any]) -> int:
     return int(abs(_pixels(a) - _pixels(b)).max())
 
 
-class _Memory:
-    """Peak device memory of one call: allocated (what tensors held) and reserved (what the allocator took)."""
+def _peak_memory(device: str, fn: Callable[[], Any]) -> tuple[float, float]:
+    """Peak device memory of one call, GiB: allocated (what tensors held) and reserved (what the allocator took)."""
+    import gc
 
-    def __init__(self, device: str):
-        import torch
+    import torch
 
-        self.cuda = device.startswith("cuda") and torch.cuda.is_available()
-
-    def peak(self, fn: Callable[[], Any]) -> tuple[float, float]:
-        import gc
-
-        import torch
-
-        if not self.cuda:
-            fn()
-            return 0.0, 0.0
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
         fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
+        return 0.0, 0.0
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
 
 
 def bench_gpu(
@@ -420,7 +413,6 @@ def bench_gpu(
         results.extend(new)
 
     device = device_name() if plan.device.startswith("cuda") else f"{plan.device} (dry run)"
-    memory = _Memory(plan.device)
     components = plan.components()
     generation = {k: v for k, v in gpu_requests(plan).items() if k in scenarios}
     stock_s: dict[str, float] = {}
@@ -431,7 +423,7 @@ def bench_gpu(
         stock_s[scenario] = median_time(run, repeats)
         stock_images[scenario] = run()
         print(f"  stock {scenario}: {stock_s[scenario]:.4f} s", flush=True)
-    stock_peak = memory.peak(stock(components, gpu_requests(plan)["gpu_txt2img_k_euler"][0]))
+    stock_peak = _peak_memory(plan.device, stock(components, gpu_requests(plan)["gpu_txt2img_k_euler"][0]))
 
     with tempfile.TemporaryDirectory() as tmp:
         folder, catalogue_file = _save_folder(components, Path(tmp))  # before the layout changes touch the modules
@@ -472,7 +464,7 @@ def bench_gpu(
         if "gpu_sync_audit" in scenarios:
             emit(bench_sync_audit(components, plan, device))
         if "gpu_peak_memory" in scenarios:
-            ours_peak = memory.peak(ours(components, gpu_requests(plan)["gpu_txt2img_k_euler"][0]))
+            ours_peak = _peak_memory(plan.device, ours(components, gpu_requests(plan)["gpu_txt2img_k_euler"][0]))
             emit(
                 Result(
                     "gpu_peak_memory",
