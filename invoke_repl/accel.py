@@ -23,6 +23,7 @@ background thread.
 
 ``INVOKE_REPL_FAST_PATH=0`` turns all of it off (for comparisons and bug reports); ``INVOKE_REPL_COMPILE=0`` keeps
 the layout changes and graphs but never compiles; ``INVOKE_REPL_CUDA_GRAPHS=0`` keeps the rest without graphs.
+``INVOKE_REPL_COMPILE=regional`` compiles only the UNet's repeated transformer blocks (see `regional_compile`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def fast_path_enabled(device: torch.device) -> bool:
 
 def compile_enabled(device: torch.device) -> bool:
     return fast_path_enabled(device) and os.environ.get("INVOKE_REPL_COMPILE", "1") != "0"
+
+
+def compile_mode() -> str:
+    """ "full" (the whole UNet, the measured default) or "regional" (`INVOKE_REPL_COMPILE=regional`)."""
+    return "regional" if os.environ.get("INVOKE_REPL_COMPILE", "1").strip().lower() == "regional" else "full"
 
 
 def graphs_enabled(device: torch.device) -> bool:
@@ -166,7 +172,7 @@ class CompiledUNets:
         started = time.perf_counter()
         entry = self.entries[key]
         try:
-            compiled = (self.compile_fn or _torch_compile)(unet)
+            compiled = (self.compile_fn or (regional_compile if compile_mode() == "regional" else _torch_compile))(unet)
             dummy_sample = torch.randn(sample.shape, dtype=sample.dtype, device=sample.device)
             dummy_context = torch.randn(context.shape, dtype=context.dtype, device=context.device)
             timestep = torch.tensor(999.0, device=sample.device)
@@ -198,18 +204,46 @@ def _describe(key: ShapeKey) -> str:
 
 
 def _torch_compile(unet: Any) -> Callable[..., Any]:
-    import logging
-
     import torch
+
+    _prepare_compiler()
+    # Plain inductor: CUDA graphs ("reduce-overhead") record per thread and would re-record in the thread that
+    # serves the REPL; max-autotune had not finished after 6 minutes in issue 7's measurement.
+    return torch.compile(unet, fullgraph=False, dynamic=False)
+
+
+def _prepare_compiler() -> None:
+    import logging
 
     _use_disk_cache()
     # Dynamo and Inductor log graph breaks and autotuning as warnings; from a background thread they would print
     # over the prompt. A failure still reaches the user as one line, from `CompiledUNets._compile`.
     for name in ("torch._dynamo", "torch._inductor"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    # Plain inductor: CUDA graphs ("reduce-overhead") record per thread and would re-record in the thread that
-    # serves the REPL; max-autotune had not finished after 6 minutes in issue 7's measurement.
-    return torch.compile(unet, fullgraph=False, dynamic=False)
+
+
+def regional_compile(unet: Any, backend: str = "inductor") -> Callable[..., Any]:
+    """A twin of `unet` whose repeated blocks are compiled, sharing every parameter and buffer with it.
+
+    Regional compilation (diffusers' `compile_repeated_blocks`; PyTorch's regional-compilation recipe) compiles one
+    transformer block per distinct input shape and reuses the code for every block of that shape, instead of
+    tracing the whole UNet: the aim is issue 7's warm-up target (a full compile of SD 1.5 at 512² took 60.5 s on an
+    H200, the target is 30 s). Resnets and convolutions stay eager; the CUDA graph around the forward still removes
+    their launch overhead. It works on a twin because compiling a block in place would also change the eager UNet
+    that keeps serving (and would compile inside the user's command). The twin shares the Parameter objects, so it
+    costs no weight memory and sees the same values.
+    """
+    import copy
+    import itertools
+
+    _prepare_compiler()
+    shared = {id(t): t for t in itertools.chain(unet.parameters(), unet.buffers())}
+    twin = copy.deepcopy(unet, shared)
+    try:
+        twin.compile_repeated_blocks(fullgraph=True, dynamic=False, backend=backend)
+    except (AttributeError, ValueError):  # older diffusers, or a UNet class naming no repeated blocks
+        return _torch_compile(unet)
+    return twin
 
 
 def _use_disk_cache() -> None:

@@ -42,6 +42,7 @@ GPU_SCENARIOS = (
     "gpu_peak_memory",
     "gpu_sync_audit",
     "gpu_compile_cache",
+    "gpu_compile_regional",
     "gpu_cold_start",
 )
 
@@ -72,15 +73,22 @@ class Result:
 
 
 def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    return timed(fn, repeats, warmup)[0]
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, Any]:
+    """Median seconds of `repeats` calls after `warmup`, and the last call's result: the pixel comparisons reuse
+    it instead of paying for one more image per scenario (about 8 s of a lent GPU's minutes, 2026-11-27)."""
     for _ in range(warmup):
         fn()
     times = []
+    out = None
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        out = fn()
         _sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), out
 
 
 def _sync() -> None:
@@ -316,6 +324,7 @@ class GpuPlan:
     steps: int = 50
     build: Callable[[], Any] | None = None  # Components on `device`; default: SD 1.5 with random weights
     compile_fn: Callable[[Any], Any] | None = None
+    regional_fn: Callable[[Any], Any] | None = None  # default: accel.regional_compile
     capture_fn: Callable[..., Any] | None = None
 
     def components(self) -> Any:
@@ -419,9 +428,7 @@ def bench_gpu(
     stock_images: dict[str, Any] = {}
     for scenario, (request, init) in generation.items():
         one = request.replace(iterations=1) if scenario == "gpu_n4" else request
-        run = stock(components, one, init)
-        stock_s[scenario] = median_time(run, repeats)
-        stock_images[scenario] = run()
+        stock_s[scenario], stock_images[scenario] = timed(stock(components, one, init), repeats)
         print(f"  stock {scenario}: {stock_s[scenario]:.4f} s", flush=True)
     stock_peak = _peak_memory(plan.device, stock(components, gpu_requests(plan)["gpu_txt2img_k_euler"][0]))
 
@@ -429,17 +436,16 @@ def bench_gpu(
         folder, catalogue_file = _save_folder(components, Path(tmp))  # before the layout changes touch the modules
         layout = "+".join(accel.optimise_layout(components, force=True))
         components.extras["cuda_graphs"] = False
-        eager_s = {k: median_time(ours(components, r, i), repeats) for k, (r, i) in generation.items()}
-        eager_images = {k: ours(components, r, i)() for k, (r, i) in generation.items()}
+        eager = {k: timed(ours(components, r, i), repeats) for k, (r, i) in generation.items()}
+        eager_s = {k: seconds for k, (seconds, _) in eager.items()}
+        eager_images = {k: images for k, (_, images) in eager.items()}
         graphs = components.extras["cuda_graphs"] = accel.CudaGraphs(capture_fn=plan.capture_fn)
         if plan.capture_fn is None and not plan.device.startswith("cuda"):
             components.extras["cuda_graphs"] = False  # a CPU dry run without a fake: no graphs to capture
         graphed_s: dict[str, float] = {}
         for scenario, (request, init) in generation.items():
             per_image = 4 if scenario == "gpu_n4" else 1
-            run = ours(components, request, init)
-            graphed_s[scenario] = median_time(run, repeats)
-            images = run()
+            graphed_s[scenario], images = timed(ours(components, request, init), repeats)
             note = (
                 f"{request.steps} steps {plan.size}², {plan.dtype}, {layout}, CUDA graphs; eager "
                 f"{eager_s[scenario] / per_image:.4f} s; "
@@ -481,9 +487,14 @@ def bench_gpu(
             if scenario in scenarios:
                 emit(bench_gpu_loading(folder, catalogue_file, scenario, repeats, plan, device))
         if generation:
-            emit(*_bench_compiled(components, generation, repeats, plan, device, stock_s, graphed_s))
+            compiled = _bench_compiled(components, generation, repeats, plan, device, stock_s, graphed_s)
+            emit(*compiled)
             if "gpu_compile_cache" in scenarios:
                 emit(bench_compile_cache(plan, device))
+            if "gpu_compile_regional" in scenarios and "gpu_txt2img_k_lms" in generation:
+                full = next(r for r in compiled if r.scenario == "gpu_txt2img_k_lms+compiled")
+                request = generation["gpu_txt2img_k_lms"][0]
+                emit(bench_regional_compile(components, request, repeats, plan, device, full))
         if "gpu_cold_start" in scenarios:
             del components
             emit(bench_cold_start(folder, catalogue_file, plan, device))
@@ -598,23 +609,67 @@ def _bench_compiled(
 def bench_compile_cache(plan: GpuPlan, device: str) -> Result:
     """The compile of the 512² batch-2 UNet again, in a fresh process: what a restarted session pays once the
     first compile has filled Inductor's disk cache (accel keeps it under the user's cache folder)."""
-    fake = plan.compile_fn is not None  # the CPU dry run: a fake compile, a tiny model
-    args = f"{plan.size}, {plan.dtype!r}, {plan.device!r}, {fake}"
-    code = f"from invoke_repl.bench import _compile_once; _compile_once({args})"
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code], text=True, check=True, capture_output=True)
-    total = time.perf_counter() - started
-    state, seconds = done.stdout.split()[-2:]
+    state, seconds, total = _compile_in_fresh_process(plan, "full")
     return Result(
         "gpu_compile_cache",
         device,
-        float(seconds),
+        seconds,
         None,
         notes=f"compile in a fresh process with the disk cache warm: {state}; process start → compiled {total:.1f} s",
     )
 
 
-def _compile_once(size: int, dtype: str, device: str, fake: bool) -> None:
+def bench_regional_compile(
+    components: Any, request: Any, repeats: int, plan: GpuPlan, device: str, full: Result
+) -> Result:
+    """Regional compilation (`INVOKE_REPL_COMPILE=regional`) against the full compile, for k_lms at 512².
+
+    Its first compile runs in a fresh process with empty Inductor and Triton caches, so the kernels the full
+    compile already built in this process and on disk cannot flatter it; its speed (compiled blocks under the CUDA
+    graph) is measured here on the same modules as every other row.
+    """
+    from invoke_repl import accel
+
+    with tempfile.TemporaryDirectory() as cold:
+        state, cold_s, _ = _compile_in_fresh_process(
+            plan, "regional", {"TORCHINDUCTOR_CACHE_DIR": cold, "TRITON_CACHE_DIR": str(Path(cold) / "triton")}
+        )
+    reference = ours(components, request)()  # the full compile's images, for the pixel comparison
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(
+        compile_fn=plan.regional_fn or accel.regional_compile
+    )
+    ours(components, request)()  # starts the regional compile (the graphed eager UNet serves meanwhile)
+    registry.wait()
+    failed = [e.error for e in registry.entries.values() if e.state == "failed"]
+    speed, images = timed(ours(components, request), repeats)
+    for notice in registry.take_notices():
+        print(f"  {notice}", flush=True)
+    note = (
+        f"regional compile failed: {failed[0]}"
+        if failed
+        else f"regional compile {cold_s:.1f} s with cold caches ({state}), full compile {full.extra['compile_s']:.1f}"
+        f" s; full compiled + graphs {full.ours_s:.4f} s; max pixel diff vs full compiled "
+        f"{_max_diff(images, reference)}"
+    )
+    extra = {"variant": "regional+graphs", "compile_s": cold_s, "full_compile_s": full.extra["compile_s"]}
+    return Result("gpu_txt2img_k_lms+regional", device, speed, full.stock_s, notes=note, extra=extra)
+
+
+def _compile_in_fresh_process(plan: GpuPlan, mode: str, env: dict[str, str] | None = None) -> tuple[str, float, float]:
+    """State and seconds of one background compile in a new Python process, and that process's whole run time."""
+    fake = plan.compile_fn is not None  # the CPU dry run: a fake compile, a tiny model
+    args = f"{plan.size}, {plan.dtype!r}, {plan.device!r}, {fake}, {mode!r}"
+    code = f"from invoke_repl.bench import _compile_once; _compile_once({args})"
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", code], text=True, check=True, capture_output=True, env=os.environ | (env or {})
+    )
+    total = time.perf_counter() - started
+    state, seconds = done.stdout.split()[-2:]
+    return state, float(seconds), total
+
+
+def _compile_once(size: int, dtype: str, device: str, fake: bool, mode: str = "full") -> None:
     """One background compile for the batch-2 shape at `size`, as a session would start it; prints state, seconds."""
     import torch
 
@@ -623,7 +678,8 @@ def _compile_once(size: int, dtype: str, device: str, fake: bool) -> None:
 
     components = build_tiny_random() if fake else sd15_random_components(getattr(torch, dtype), device)
     accel.optimise_layout(components, force=True)
-    registry = accel.CompiledUNets(compile_fn=(lambda unet: unet) if fake else None)
+    real = accel.regional_compile if mode == "regional" else None
+    registry = accel.CompiledUNets(compile_fn=(lambda unet: unet) if fake else real)
     scale = components.vae_scale_factor
     sample = torch.randn(2, components.latent_channels, size // scale, size // scale, device=device)
     width = components.text_encoder.config.hidden_size

@@ -167,6 +167,36 @@ def test_moving_a_model_forgets_its_compiled_unets():
     assert "compiled_unets" not in components.extras
 
 
+def test_regional_compile_shares_the_weights_keeps_the_output_and_leaves_the_served_unet_eager():
+    """Dynamo traces each transformer block with fullgraph=True here (backend "eager": no C++ compile on 2 cores),
+    so a graph break in a block fails this test before it could fail a GPU user's background compile."""
+    components = build_tiny_random()
+    accel.optimise_layout(components, force=True)  # fused QKV, shared slices: what a GPU model has
+    torch.manual_seed(0)
+    sample = torch.randn(2, 4, 16, 16)
+    context = torch.randn(2, 77, components.text_encoder.config.hidden_size)
+    expected = unet_output(components, sample, context)
+    twin = accel.regional_compile(components.unet, backend="eager")
+    blocks = [m for m in twin.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    assert blocks and all(m._compiled_call_impl is not None for m in blocks)
+    assert not any(getattr(m, "_compiled_call_impl", None) for m in components.unet.modules())
+    served = {p.data_ptr() for p in components.unet.parameters()}
+    assert {p.data_ptr() for p in twin.parameters()} <= served  # no weight was copied
+    with torch.no_grad():
+        got = twin(sample, torch.tensor(500.0), encoder_hidden_states=context, return_dict=False)[0]
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    with torch.no_grad():  # the twin follows the served weights: they are the same tensors
+        components.unet.conv_in.bias.add_(1.0)
+    torch.testing.assert_close(twin.conv_in.bias, components.unet.conv_in.bias, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("value", "mode"), [("regional", "regional"), (" Regional ", "regional"), ("1", "full")])
+def test_compile_mode_follows_the_switch(monkeypatch, value, mode):
+    monkeypatch.setenv("INVOKE_REPL_COMPILE", value)
+    assert accel.compile_mode() == mode
+    assert accel.compile_enabled(torch.device("cuda"))
+
+
 @pytest.mark.parametrize(("env", "value"), [("INVOKE_REPL_FAST_PATH", "0"), ("INVOKE_REPL_COMPILE", "0")])
 def test_switches_turn_the_fast_path_off(monkeypatch, env, value):
     monkeypatch.setenv(env, value)

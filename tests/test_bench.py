@@ -20,6 +20,13 @@ def passthrough_capture(forward, latents, t, context):
     return forward
 
 
+def eager_regional_compile(unet):
+    """The real regional twin, traced by Dynamo with its eager backend (no C++ compile on 2 cores)."""
+    from invoke_repl import accel
+
+    return accel.regional_compile(unet, backend="eager")
+
+
 def test_every_gpu_scenario_runs_end_to_end_on_a_dry_run(tmp_path, capsys):
     plan = bench.GpuPlan(
         device="cpu",
@@ -28,6 +35,7 @@ def test_every_gpu_scenario_runs_end_to_end_on_a_dry_run(tmp_path, capsys):
         steps=2,
         build=build_tiny_random,
         compile_fn=identity_compile,
+        regional_fn=eager_regional_compile,
         capture_fn=passthrough_capture,
     )
     reported: list[str] = []
@@ -45,6 +53,7 @@ def test_every_gpu_scenario_runs_end_to_end_on_a_dry_run(tmp_path, capsys):
         "gpu_graph_capture",
         "gpu_sync_audit",
         "gpu_compile_cache",
+        "gpu_txt2img_k_lms+regional",
         "gpu_switch",
         "gpu_load_fp16_folder",
         "gpu_cold_start",
@@ -58,6 +67,10 @@ def test_every_gpu_scenario_runs_end_to_end_on_a_dry_run(tmp_path, capsys):
     assert by_name["gpu_cold_start"].ours_s > 0 and by_name["gpu_cold_start"].stock_s > 0
     assert by_name["gpu_switch"].ours_s >= 0 and by_name["gpu_load_fp16_folder"].stock_s > 0
     assert "disk cache warm: ready" in by_name["gpu_compile_cache"].notes
+    regional = by_name["gpu_txt2img_k_lms+regional"]
+    assert "with cold caches (ready)" in regional.notes  # the fresh process's compile finished
+    assert regional.notes.endswith("max pixel diff vs full compiled 0")  # same weights, same pixels
+    assert regional.extra["compile_s"] >= 0 and regional.stock_s == by_name["gpu_txt2img_k_lms"].stock_s
     assert by_name["gpu_sync_audit"].extra["counts"].keys() >= {"k_lms", "k_euler", "ddim"}
     assert all(r.device == "cpu (dry run)" for r in results)
 
