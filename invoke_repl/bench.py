@@ -197,9 +197,26 @@ def bench_generation(components: Any, scenario: str, repeats: int) -> Result:
         request = request.replace(steps=50, width=512, height=512)
         if init is not None:
             init = init.resize((512, 512))
-    ours_s = median_time(ours(components, request, init), repeats)
-    stock_s = median_time(stock(components, request, init), repeats)
+    ours_s, stock_s = paired_medians(ours(components, request, init), stock(components, request, init), repeats)
     return Result(scenario, device_name(), ours_s, stock_s, notes=f"{request.steps} steps, {components.name}")
+
+
+def paired_medians(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Median seconds of `a` and of `b`, timed in alternation after one warm-up each.
+
+    Alternating keeps the ratio honest on a shared machine: this project's VM changes speed by up to 40 % from one
+    minute to the next (README, Measurements), and timing all of one side first would give that drift to the ratio.
+    """
+    a()
+    b()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, into in ((a, times[0]), (b, times[1])):
+            start = time.perf_counter()
+            fn()
+            _sync()
+            into.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def bench_sampler_overhead(components: Any) -> list[Result]:
