@@ -35,7 +35,7 @@ def loss_weights(
     soft (55 %). `high_noise_weight` is c: 1 for v unless given, 0 for eps unless given. An eps model with c > 0
     gets the same x0 weights as a v model with that c, and the same soft shapes (run 7, c = 0.25: 56 %), so the
     floor, not the parametrization, costs the shapes. Lowering the floor to 0.08 in a fine-tune of run 7 (run 9,
-    shipped) kept the positions and brought shapes to 75 %.
+    shipped) kept the positions and brought shapes to 79 %.
     """
     a = a.reshape(-1)
     if not min_snr_gamma:
