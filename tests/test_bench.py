@@ -67,6 +67,9 @@ def test_every_gpu_scenario_runs_end_to_end_on_a_dry_run(tmp_path, capsys):
     assert by_name["gpu_cold_start"].ours_s > 0 and by_name["gpu_cold_start"].stock_s > 0
     assert by_name["gpu_switch"].ours_s >= 0 and by_name["gpu_load_fp16_folder"].stock_s > 0
     assert "disk cache warm: ready" in by_name["gpu_compile_cache"].notes
+    peak = by_name["gpu_peak_memory"]
+    held = peak.extra["session_graphs"]
+    assert held >= 1 and f"With the {held} graph(s) of the earlier scenarios held" in peak.notes
     regional = by_name["gpu_txt2img_k_lms+regional"]
     assert "with cold caches (ready)" in regional.notes  # the fresh process's compile finished
     assert regional.notes.endswith("max pixel diff vs full compiled 0")  # same weights, same pixels
