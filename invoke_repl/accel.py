@@ -52,7 +52,8 @@ def compile_enabled(device: torch.device) -> bool:
 
 
 def compile_mode() -> str:
-    """ "full" (the whole UNet, the measured default) or "regional" (`INVOKE_REPL_COMPILE=regional`)."""
+    """Which compile the background thread builds: the whole UNet ("full", the one measured on a GPU so far) or
+    only its repeated blocks ("regional", `INVOKE_REPL_COMPILE=regional`)."""
     return "regional" if os.environ.get("INVOKE_REPL_COMPILE", "1").strip().lower() == "regional" else "full"
 
 

@@ -94,10 +94,14 @@ def test_shape_classifier_training_is_the_same_in_every_process(tmp_path, monkey
     real = evaluate._classifier_data
     monkeypatch.setattr(evaluate, "_classifier_data", lambda n, seed: real(24, seed))  # the recipe, in miniature
     weights = []
-    for start, threads in ((1, 1), (2, 2)):  # another random start and thread count, as another process might have
-        torch.manual_seed(start)
-        torch.set_num_threads(threads)
-        net = evaluate.shape_classifier(tmp_path / str(start))
-        weights.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+    before = torch.get_num_threads()
+    try:
+        for start, threads in ((1, 1), (2, 2)):  # another random start and thread count, as another process has
+            torch.manual_seed(start)
+            torch.set_num_threads(threads)
+            net = evaluate.shape_classifier(tmp_path / str(start))
+            weights.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+            assert torch.get_num_threads() == threads  # the caller's setting is given back
+    finally:
+        torch.set_num_threads(before)
     assert torch.equal(weights[0], weights[1])
-    assert torch.get_num_threads() == 2  # the caller's setting is given back

@@ -185,22 +185,24 @@ def shape_classifier(work: Path = DEFAULT_WORK) -> ShapeNet:
     # from process to process here (torch.initial_seed() varied between runs, 2026-11-27), and so did the fresh
     # clones' shape scores (75.0 % and 73.2 % for the same images). fork_rng leaves the caller's generator alone.
     threads = torch.get_num_threads()
-    with torch.random.fork_rng():
-        torch.set_num_threads(1)  # and one thread, so `--threads` cannot change its sums' order (and so its weights)
-        torch.manual_seed(0)
-        net = ShapeNet()
-        x, y = _classifier_data(6000, 0)
-        xv, yv = _classifier_data(800, 1)
-        opt = torch.optim.Adam(net.parameters(), 2e-3)
-        for _epoch in range(8):
-            perm = torch.randperm(len(x))
-            for i in range(0, len(x), 64):
-                b = perm[i : i + 64]
-                loss = F.cross_entropy(net(x[b]), y[b])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng():
+            torch.set_num_threads(1)  # and one thread, so `--threads` cannot change its sums' order (and its weights)
+            torch.manual_seed(0)
+            net = ShapeNet()
+            x, y = _classifier_data(6000, 0)
+            xv, yv = _classifier_data(800, 1)
+            opt = torch.optim.Adam(net.parameters(), 2e-3)
+            for _epoch in range(8):
+                perm = torch.randperm(len(x))
+                for i in range(0, len(x), 64):
+                    b = perm[i : i + 64]
+                    loss = F.cross_entropy(net(x[b]), y[b])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+    finally:
+        torch.set_num_threads(threads)
     net.eval()
     with torch.no_grad():
         acc = (net(xv).argmax(1) == yv).float().mean().item()
