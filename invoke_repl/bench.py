@@ -84,11 +84,17 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, 
     times = []
     out = None
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        _sync()
-        times.append(time.perf_counter() - start)
+        seconds, out = _one_timing(fn)
+        times.append(seconds)
     return statistics.median(times), out
+
+
+def _one_timing(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Seconds of one call, device work included, and its result."""
+    start = time.perf_counter()
+    out = fn()
+    _sync()
+    return time.perf_counter() - start, out
 
 
 def _sync() -> None:
@@ -212,10 +218,7 @@ def paired_medians(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> 
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
         for fn, into in ((a, times[0]), (b, times[1])):
-            start = time.perf_counter()
-            fn()
-            _sync()
-            into.append(time.perf_counter() - start)
+            into.append(_one_timing(fn)[0])
     return statistics.median(times[0]), statistics.median(times[1])
 
 
@@ -492,14 +495,17 @@ def bench_gpu(
             if scenario in scenarios:
                 emit(bench_gpu_loading(folder, catalogue_file, scenario, repeats, plan, device))
         if generation:
-            compiled = _bench_compiled(components, generation, repeats, plan, device, stock_s, graphed_s)
+            compiled, compiled_images = _bench_compiled(
+                components, generation, repeats, plan, device, stock_s, graphed_s
+            )
             emit(*compiled)
             if "gpu_compile_cache" in scenarios:
                 emit(bench_compile_cache(plan, device))
             if "gpu_compile_regional" in scenarios and "gpu_txt2img_k_lms" in generation:
                 full = next(r for r in compiled if r.scenario == "gpu_txt2img_k_lms+compiled")
                 request = generation["gpu_txt2img_k_lms"][0]
-                emit(bench_regional_compile(components, request, repeats, plan, device, full))
+                reference = compiled_images["gpu_txt2img_k_lms"]
+                emit(bench_regional_compile(components, request, repeats, plan, device, full, reference))
         if "gpu_cold_start" in scenarios:
             del components
             emit(bench_cold_start(folder, catalogue_file, plan, device))
@@ -606,12 +612,14 @@ def _bench_compiled(
     device: str,
     stock_s: dict[str, float],
     graphed_s: dict[str, float],
-) -> list[Result]:
-    """The compiled UNet (built in the background as in a session) under CUDA graphs, then the compile's cost."""
+) -> tuple[list[Result], dict[str, Any]]:
+    """The compiled UNet (built in the background as in a session) under CUDA graphs, then the compile's cost; and
+    each scenario's last timed images (the regional row compares against them)."""
     from invoke_repl import accel
 
     registry = components.extras["compiled_unets"] = accel.CompiledUNets(compile_fn=plan.compile_fn)
     compile_s: dict[str, float] = {}
+    images: dict[str, Any] = {}
     results = []
     for scenario, (request, init) in generation.items():
         known = set(registry.entries)
@@ -619,7 +627,7 @@ def _bench_compiled(
         registry.wait()
         compile_s[scenario] = sum(e.seconds for k, e in registry.entries.items() if k not in known)
         per_image = 4 if scenario == "gpu_n4" else 1
-        compiled = median_time(ours(components, request, init), repeats)
+        compiled, images[scenario] = timed(ours(components, request, init), repeats)
         failed = [e.error for e in registry.entries.values() if e.state == "failed"]
         note = (
             f"compile failed: {failed[0]}"
@@ -642,7 +650,7 @@ def _bench_compiled(
             + ", ".join(f"{k} {v:.1f} s" for k, v in compile_s.items()),
         )
     )
-    return results
+    return results, images
 
 
 def bench_compile_cache(plan: GpuPlan, device: str) -> Result:
@@ -659,7 +667,7 @@ def bench_compile_cache(plan: GpuPlan, device: str) -> Result:
 
 
 def bench_regional_compile(
-    components: Any, request: Any, repeats: int, plan: GpuPlan, device: str, full: Result
+    components: Any, request: Any, repeats: int, plan: GpuPlan, device: str, full: Result, reference: list[Any]
 ) -> Result:
     """Regional compilation (`INVOKE_REPL_COMPILE=regional`) against the full compile, for k_lms at 512².
 
@@ -673,7 +681,6 @@ def bench_regional_compile(
         state, cold_s, _ = _compile_in_fresh_process(
             plan, "regional", {"TORCHINDUCTOR_CACHE_DIR": cold, "TRITON_CACHE_DIR": str(Path(cold) / "triton")}
         )
-    reference = ours(components, request)()  # the full compile's images, for the pixel comparison
     registry = components.extras["compiled_unets"] = accel.CompiledUNets(
         compile_fn=plan.regional_fn or accel.regional_compile
     )
