@@ -23,7 +23,8 @@ background thread.
 
 ``INVOKE_REPL_FAST_PATH=0`` turns all of it off (for comparisons and bug reports); ``INVOKE_REPL_COMPILE=0`` keeps
 the layout changes and graphs but never compiles; ``INVOKE_REPL_CUDA_GRAPHS=0`` keeps the rest without graphs.
-``INVOKE_REPL_COMPILE=regional`` compiles only the UNet's repeated transformer blocks (see `regional_compile`).
+``INVOKE_REPL_COMPILE=regional`` compiles only the UNet's repeated transformer blocks (see `regional_compile`);
+``INVOKE_REPL_COMPILE=staged`` builds that first and the full compile after it (see `compile_mode`).
 """
 
 from __future__ import annotations
@@ -52,9 +53,22 @@ def compile_enabled(device: torch.device) -> bool:
 
 
 def compile_mode() -> str:
-    """Which compile the background thread builds: the whole UNet ("full", the one measured on a GPU so far) or
-    only its repeated blocks ("regional", `INVOKE_REPL_COMPILE=regional`)."""
-    return "regional" if os.environ.get("INVOKE_REPL_COMPILE", "1").strip().lower() == "regional" else "full"
+    """Which compile the background thread builds (``INVOKE_REPL_COMPILE``): the whole UNet ("full", the one
+    measured on a GPU so far), only its repeated blocks ("regional"), or the regional one first and then the full
+    one, each serving as soon as it is ready ("staged": the regional compile's short warm-up with the full one's
+    final speed)."""
+    value = os.environ.get("INVOKE_REPL_COMPILE", "1").strip().lower()
+    return value if value in ("regional", "staged") else "full"
+
+
+def compile_stages(mode: str | None = None) -> tuple[tuple[str, Callable[[Any], Callable[..., Any]]], ...]:
+    """(label, compile function) per stage of `mode`, in the order they are built; a later one replaces an earlier."""
+    mode = mode or compile_mode()
+    if mode == "regional":
+        return (("regional", regional_compile),)
+    if mode == "staged":
+        return (("regional", _regional_only), ("full", _torch_compile))
+    return (("full", _torch_compile),)
 
 
 def graphs_enabled(device: torch.device) -> bool:
@@ -120,21 +134,25 @@ def shape_key(sample: torch.Tensor, context: torch.Tensor) -> ShapeKey:
 
 @dataclass
 class _Entry:
-    state: str = "compiling"  # compiling | ready | failed
+    state: str = "compiling"  # compiling | ready | failed (ready: at least one stage serves)
     forward: Callable[..., Any] | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # until the first stage served: the warm-up a user waits through at this shape
     error: str = ""
+    stages: dict[str, float] = field(default_factory=dict)  # label → seconds of each stage that succeeded
 
 
 @dataclass
 class CompiledUNets:
     """Compiled UNets of one loaded model, keyed by exact input shapes; owns the background compile threads.
 
-    `compile_fn` turns the UNet module into a callable (torch.compile by default; the tests pass a fake).
-    `notices` collects one line per finished compile, for the session to print between commands.
+    `compile_fn` turns the UNet module into a callable (the tests pass a fake); without it the stages of
+    `compile_mode()` run, one after the other in the same background thread, each taking over once it is ready.
+    `stages` sets them explicitly, as (label, compile function) pairs. `notices` collects one line per finished
+    stage, for the session to print between commands.
     """
 
     compile_fn: Callable[[Any], Callable[..., Any]] | None = None
+    stages: tuple[tuple[str, Callable[[Any], Callable[..., Any]]], ...] = ()
     entries: dict[ShapeKey, _Entry] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -167,36 +185,79 @@ class CompiledUNets:
         for thread in list(self.threads):
             thread.join(timeout)
 
-    def _compile(self, unet: Any, key: ShapeKey, sample: torch.Tensor, context: torch.Tensor) -> None:
-        import torch
+    def _stages(self) -> tuple[tuple[str, Callable[[Any], Callable[..., Any]]], ...]:
+        if self.stages:
+            return self.stages
+        if self.compile_fn is not None:
+            return (("", self.compile_fn),)
+        return compile_stages()
 
+    def _compile(self, unet: Any, key: ShapeKey, sample: torch.Tensor, context: torch.Tensor) -> None:
         started = time.perf_counter()
         entry = self.entries[key]
-        try:
-            compiled = (self.compile_fn or (regional_compile if compile_mode() == "regional" else _torch_compile))(unet)
-            dummy_sample = torch.randn(sample.shape, dtype=sample.dtype, device=sample.device)
-            dummy_context = torch.randn(context.shape, dtype=context.dtype, device=context.device)
-            timestep = torch.tensor(999.0, device=sample.device)
-
-            def forward(latents: Any, t: Any, **kwargs: Any) -> Any:
-                # Timesteps come as int64 (DDIM, PLMS) or float (k-samplers); the UNet's embedding casts to float
-                # first anyway, so one float graph serves both instead of two guarded recompiles.
-                return compiled(latents, t.float(), **kwargs)
-
-            with torch.no_grad():  # the grad mode the denoise loop runs in: Dynamo guards on it
-                for _ in range(2):  # the second call runs the compiled code: the compile is finished after it
-                    forward(dummy_sample, timestep, encoder_hidden_states=dummy_context, return_dict=False)
-                if sample.device.type == "cuda":  # this thread's stream only: a device-wide sync would break
-                    torch.cuda.current_stream(sample.device).synchronize()  # a graph capture in the main thread
-        except Exception as exc:  # a compile failure must never reach the user's command: eager keeps serving
+        stages = self._stages()
+        for number, (label, compile_fn) in enumerate(stages):
+            stage_started = time.perf_counter()
+            more = number + 1 < len(stages)
+            try:
+                forward = _build(compile_fn, unet, sample, context)
+            except _NotApplicable:
+                continue
+            except Exception as exc:  # a compile failure must never reach the user's command: eager keeps serving
+                error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+                name = f"{label} compile" if label else "compile"
+                with self.lock:
+                    entry.error = error
+                    if entry.state == "ready":
+                        staying = "keeping the one before"
+                    else:
+                        entry.state = "compiling" if more else "failed"
+                        staying = "uncompiled meanwhile" if more else "staying uncompiled"
+                    self.notices.append(f"{name} for {_describe(key)} failed, {staying} ({error})")
+                continue
+            now = time.perf_counter()
             with self.lock:
-                entry.state, entry.error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+                if entry.state != "ready":
+                    entry.seconds = now - started
+                entry.state, entry.forward = "ready", forward
+                entry.stages[label] = now - stage_started
+                what = f"the UNet ({label})" if label else "the UNet"
+                follows = f"; the {stages[number + 1][0]} compile follows" if more else ""
+                self.notices.append(
+                    f"compiled {what} for {_describe(key)} in {now - stage_started:.1f} s; next images use it{follows}"
+                )
+        if entry.state == "compiling":  # no stage applied to this UNet: nothing will ever serve
+            with self.lock:
+                entry.state, entry.error = "failed", entry.error or "no compile applies to this UNet"
                 self.notices.append(f"compile for {_describe(key)} failed, staying uncompiled ({entry.error})")
-            return
-        seconds = time.perf_counter() - started
-        with self.lock:
-            entry.state, entry.forward, entry.seconds = "ready", forward, seconds
-            self.notices.append(f"compiled the UNet for {_describe(key)} in {seconds:.1f} s; next images use it")
+
+
+class _NotApplicable(Exception):
+    """A stage that cannot apply to this UNet (regional compile without repeated blocks): skipped, not a failure."""
+
+
+def _build(
+    compile_fn: Callable[[Any], Callable[..., Any]], unet: Any, sample: torch.Tensor, context: torch.Tensor
+) -> Callable[..., Any]:
+    """`compile_fn(unet)`, finished: its two warm-up calls at these shapes run the compile before it may serve."""
+    import torch
+
+    compiled = compile_fn(unet)
+    dummy_sample = torch.randn(sample.shape, dtype=sample.dtype, device=sample.device)
+    dummy_context = torch.randn(context.shape, dtype=context.dtype, device=context.device)
+    timestep = torch.tensor(999.0, device=sample.device)
+
+    def forward(latents: Any, t: Any, **kwargs: Any) -> Any:
+        # Timesteps come as int64 (DDIM, PLMS) or float (k-samplers); the UNet's embedding casts to float first
+        # anyway, so one float graph serves both instead of two guarded recompiles.
+        return compiled(latents, t.float(), **kwargs)
+
+    with torch.no_grad():  # the grad mode the denoise loop runs in: Dynamo guards on it
+        for _ in range(2):  # the second call runs the compiled code: the compile is finished after it
+            forward(dummy_sample, timestep, encoder_hidden_states=dummy_context, return_dict=False)
+    if sample.device.type == "cuda":  # this thread's stream only: a device-wide sync would break
+        torch.cuda.current_stream(sample.device).synchronize()  # a graph capture in the main thread
+    return forward
 
 
 def _describe(key: ShapeKey) -> str:
@@ -213,17 +274,31 @@ def _torch_compile(unet: Any) -> Callable[..., Any]:
     return torch.compile(unet, fullgraph=False, dynamic=False)
 
 
+# Dynamo keeps its compiled code per Python function, for every wrapper of it: with its default limit of 8 entries
+# (torch 2.13), a session's ninth UNet shape, or with regional compilation its third (four block shapes each at
+# 512²), fell back to eager with only a logged warning, which `_prepare_compiler` silences, so the session would
+# have announced a compile it never used. 64 shapes is more than a session meets; past it the compile fails, and
+# the session says so in one line.
+RECOMPILE_LIMIT = 64
+
+
 def _prepare_compiler() -> None:
     import logging
 
+    import torch._dynamo.config as dynamo_config
+
     _use_disk_cache()
+    if getattr(dynamo_config, "recompile_limit", RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
+        dynamo_config.recompile_limit = RECOMPILE_LIMIT
+    if hasattr(dynamo_config, "fail_on_recompile_limit_hit"):
+        dynamo_config.fail_on_recompile_limit_hit = True
     # Dynamo and Inductor log graph breaks and autotuning as warnings; from a background thread they would print
     # over the prompt. A failure still reaches the user as one line, from `CompiledUNets._compile`.
     for name in ("torch._dynamo", "torch._inductor"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def regional_compile(unet: Any, backend: str = "inductor") -> Callable[..., Any]:
+def regional_compile(unet: Any, backend: str | Callable[..., Any] = "inductor") -> Callable[..., Any]:
     """A twin of `unet` whose repeated blocks are compiled, sharing every parameter and buffer with it.
 
     Regional compilation (diffusers' `compile_repeated_blocks`; PyTorch's regional-compilation recipe) compiles one
@@ -234,16 +309,34 @@ def regional_compile(unet: Any, backend: str = "inductor") -> Callable[..., Any]
     that keeps serving (and would compile inside the user's command). The twin shares the Parameter objects, so it
     costs no weight memory and sees the same values.
     """
+    if not has_repeated_blocks(unet):  # older diffusers, or a UNet class naming no repeated blocks
+        return _torch_compile(unet)
+    return _regional_twin(unet, backend)
+
+
+def has_repeated_blocks(unet: Any) -> bool:
+    """Whether diffusers can compile this UNet regionally: it names its repeated block classes and has some."""
+    names = getattr(unet, "_repeated_blocks", None)
+    if not names or not callable(getattr(unet, "compile_repeated_blocks", None)):
+        return False
+    return any(type(module).__name__ in names for module in unet.modules())
+
+
+def _regional_only(unet: Any) -> Callable[..., Any]:
+    """The staged mode's first stage: regional or nothing (its second stage is the full compile already)."""
+    if not has_repeated_blocks(unet):
+        raise _NotApplicable
+    return _regional_twin(unet, "inductor")
+
+
+def _regional_twin(unet: Any, backend: str | Callable[..., Any]) -> Any:
     import copy
     import itertools
 
     _prepare_compiler()
     shared = {id(t): t for t in itertools.chain(unet.parameters(), unet.buffers())}
     twin = copy.deepcopy(unet, shared)
-    try:
-        twin.compile_repeated_blocks(fullgraph=True, dynamic=False, backend=backend)
-    except (AttributeError, ValueError):  # older diffusers, or a UNet class naming no repeated blocks
-        return _torch_compile(unet)
+    twin.compile_repeated_blocks(fullgraph=True, dynamic=False, backend=backend)
     return twin
 
 

@@ -190,7 +190,162 @@ def test_regional_compile_shares_the_weights_keeps_the_output_and_leaves_the_ser
     torch.testing.assert_close(twin.conv_in.bias, components.unet.conv_in.bias, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("value", "mode"), [("regional", "regional"), (" Regional ", "regional"), ("1", "full")])
+def _wait_for_stage(registry, label, timeout=60.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(label in entry.stages for entry in registry.entries.values()):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"stage {label!r} never became ready: {registry.take_notices()}")
+
+
+def _recording(label, compile_fn, served, gate=None):
+    """`compile_fn` whose compiled UNet notes `label` in `served` on every call; its build waits for `gate`."""
+
+    def build(unet):
+        if gate is not None:
+            assert gate.wait(60)
+        compiled = compile_fn(unet)
+
+        def call(*args, **kwargs):
+            served.append(label)
+            return compiled(*args, **kwargs)
+
+        return call
+
+    return build
+
+
+def test_staged_compile_serves_the_regional_unet_first_then_the_full_one():
+    """The real thing on both stages, with Dynamo's eager backend: the regional twin serves as soon as its blocks
+    are traced, then the whole UNet traced in the same thread takes over, and neither changes a pixel."""
+    components = build_tiny_random()
+    accel.optimise_layout(components, force=True)
+    plain = one_image(components, sampler="ddim")
+    served: list[str] = []
+    full_may_start = threading.Event()
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(
+        stages=(
+            ("regional", _recording("regional", lambda u: accel.regional_compile(u, backend="eager"), served)),
+            (
+                "full",
+                _recording("full", lambda u: torch.compile(u, backend="eager", dynamic=False), served, full_may_start),
+            ),
+        )
+    )
+    assert np.array_equal(one_image(components, sampler="ddim"), plain)  # eager while nothing is compiled
+    _wait_for_stage(registry, "regional")
+    served.clear()
+    assert np.array_equal(one_image(components, sampler="ddim"), plain)
+    assert served == ["regional"] * 4
+    full_may_start.set()
+    registry.wait(120)
+    served.clear()
+    assert np.array_equal(one_image(components, sampler="ddim"), plain)
+    assert served == ["full"] * 4
+    (entry,) = registry.entries.values()
+    assert entry.state == "ready" and set(entry.stages) == {"regional", "full"}
+    assert entry.seconds == pytest.approx(entry.stages["regional"], abs=0.5)  # warm-up: until the first stage served
+    notices = [n for n in registry.take_notices() if n.startswith("compiled")]
+    assert notices[0].startswith("compiled the UNet (regional) for latents 16×16 batch 2")
+    assert notices[0].endswith("next images use it; the full compile follows")
+    assert notices[1].startswith("compiled the UNet (full) for latents 16×16 batch 2")
+    assert notices[1].endswith("next images use it")
+
+
+def test_a_failed_first_stage_leaves_eager_serving_until_the_next_one_is_ready():
+    components = build_tiny_random()
+    full = FakeCompiler()
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(
+        stages=(("regional", FakeCompiler(fail=True)), ("full", full))
+    )
+    one_image(components)
+    registry.wait(30)
+    notices = registry.take_notices()
+    assert notices[1] == (
+        "regional compile for latents 16×16 batch 2, 77 tokens, float32 failed, uncompiled meanwhile "
+        "(RuntimeError: inductor exploded)"
+    )
+    assert notices[2].startswith("compiled the UNet (full) for latents 16×16")
+    (entry,) = registry.entries.values()
+    assert entry.state == "ready" and list(entry.stages) == ["full"]
+    warmup = len(full.calls)
+    one_image(components)
+    assert len(full.calls) == warmup + 4
+
+
+def test_a_failed_later_stage_keeps_the_earlier_one_serving():
+    components = build_tiny_random()
+    regional = FakeCompiler()
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(
+        stages=(("regional", regional), ("full", FakeCompiler(fail=True)))
+    )
+    one_image(components)
+    registry.wait(30)
+    notices = registry.take_notices()
+    assert notices[-1] == (
+        "full compile for latents 16×16 batch 2, 77 tokens, float32 failed, keeping the one before "
+        "(RuntimeError: inductor exploded)"
+    )
+    (entry,) = registry.entries.values()
+    assert entry.state == "ready" and list(entry.stages) == ["regional"]
+    warmup = len(regional.calls)
+    one_image(components)
+    assert len(regional.calls) == warmup + 4
+
+
+def test_staged_mode_skips_the_regional_stage_for_a_unet_without_repeated_blocks():
+    components = build_tiny_random()
+    assert accel.has_repeated_blocks(components.unet)
+    components.unet._repeated_blocks = []  # as a UNet class that names none
+    assert not accel.has_repeated_blocks(components.unet)
+    full = FakeCompiler()
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(
+        stages=(("regional", accel._regional_only), ("full", full))
+    )
+    one_image(components)
+    registry.wait(30)
+    notices = registry.take_notices()
+    assert len(notices) == 2 and notices[1].startswith("compiled the UNet (full)")  # no failure line
+    assert full.built == 1
+    assert [label for label, _ in accel.compile_stages("staged")] == ["regional", "full"]
+    assert [label for label, _ in accel.compile_stages("full")] == ["full"]
+
+
+def test_compiles_past_dynamos_default_limit_of_eight_shapes_still_compile(monkeypatch, tmp_path):
+    """Dynamo keys compiled code on the function, across wrappers; at its default limit of 8 a ninth shape ran
+    eager with only a log line, so a long session would have announced compiles it never used."""
+    import torch._dynamo.config as dynamo_config
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # _prepare_compiler only sets it when unset
+    traced: list[tuple[int, ...]] = []
+
+    def backend(graph, example_inputs):
+        traced.append(tuple(example_inputs[0].shape))
+        return graph.forward
+
+    def step(x):
+        return torch.sin(x) + 1
+
+    # config.patch, not monkeypatch: a config module's entries are not plain attributes, and monkeypatch's undo
+    # would delete them
+    with dynamo_config.patch(recompile_limit=8, fail_on_recompile_limit_hit=False):
+        accel._prepare_compiler()
+        assert dynamo_config.fail_on_recompile_limit_hit  # past the raised limit: a reported failure, not eager
+        torch._dynamo.reset()
+        try:
+            for n in range(1, 13):  # one fresh wrapper per shape, as `CompiledUNets` makes one per shape
+                torch.compile(step, backend=backend, dynamic=False)(torch.randn(n, 3))
+        finally:
+            torch._dynamo.reset()
+    assert traced == [(n, 3) for n in range(1, 13)]
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"), [("regional", "regional"), (" Regional ", "regional"), ("staged", "staged"), ("1", "full")]
+)
 def test_compile_mode_follows_the_switch(monkeypatch, value, mode):
     monkeypatch.setenv("INVOKE_REPL_COMPILE", value)
     assert accel.compile_mode() == mode
