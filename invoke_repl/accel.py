@@ -185,6 +185,20 @@ class CompiledUNets:
         for thread in list(self.threads):
             thread.join(timeout)
 
+    def wait_for_stage(self, label: str, timeout: float = 600.0) -> bool:
+        """Block until some shape's `label` stage serves (True), or until every compile thread ended or `timeout`
+        passed without it (False). For the benchmark and the tests, which time one stage before the next."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if any(label in entry.stages for entry in self.entries.values()):
+                    return True
+            if not any(thread.is_alive() for thread in self.threads):
+                with self.lock:
+                    return any(label in entry.stages for entry in self.entries.values())
+            time.sleep(0.01)
+        return False
+
     def _stages(self) -> tuple[tuple[str, Callable[[Any], Callable[..., Any]]], ...]:
         if self.stages:
             return self.stages

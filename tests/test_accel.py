@@ -190,17 +190,6 @@ def test_regional_compile_shares_the_weights_keeps_the_output_and_leaves_the_ser
     torch.testing.assert_close(twin.conv_in.bias, components.unet.conv_in.bias, rtol=0, atol=0)
 
 
-def _wait_for_stage(registry, label, timeout=60.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(label in entry.stages for entry in registry.entries.values()):
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"stage {label!r} never became ready: {registry.take_notices()}")
-
-
 def _recording(label, compile_fn, served, gate=None):
     """`compile_fn` whose compiled UNet notes `label` in `served` on every call; its build waits for `gate`."""
 
@@ -236,12 +225,14 @@ def test_staged_compile_serves_the_regional_unet_first_then_the_full_one():
         )
     )
     assert np.array_equal(one_image(components, sampler="ddim"), plain)  # eager while nothing is compiled
-    _wait_for_stage(registry, "regional")
+    assert registry.wait_for_stage("regional", 60)
     served.clear()
     assert np.array_equal(one_image(components, sampler="ddim"), plain)
     assert served == ["regional"] * 4
+    assert not registry.wait_for_stage("full", 0.2)  # held by the gate: the regional stage keeps serving
     full_may_start.set()
-    registry.wait(120)
+    assert registry.wait_for_stage("full", 120)
+    registry.wait(30)
     served.clear()
     assert np.array_equal(one_image(components, sampler="ddim"), plain)
     assert served == ["full"] * 4

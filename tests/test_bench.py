@@ -72,7 +72,9 @@ def test_every_gpu_scenario_runs_end_to_end_on_a_dry_run(tmp_path, capsys):
     assert held >= 1 and f"With the {held} graph(s) of the earlier scenarios held" in peak.notes
     regional = by_name["gpu_txt2img_k_lms+regional"]
     assert "with cold caches (ready)" in regional.notes  # the fresh process's compile finished
-    assert regional.notes.endswith("max pixel diff vs full compiled 0")  # same weights, same pixels
+    assert "; max pixel diff vs full compiled 0;" in regional.notes  # same weights, same pixels
+    assert regional.notes.endswith("max pixel diff vs full compiled 0")  # … after the staged hand-over as well
+    assert regional.extra["staged_final_s"] > 0
     assert regional.extra["compile_s"] >= 0 and regional.stock_s == by_name["gpu_txt2img_k_lms"].stock_s
     assert by_name["gpu_sync_audit"].extra["counts"].keys() >= {"k_lms", "k_euler", "ddim"}
     assert all(r.device == "cpu (dry run)" for r in results)
