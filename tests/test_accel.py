@@ -457,6 +457,67 @@ def test_a_cuda_graph_is_captured_once_per_shape_and_replays_every_step_with_the
     assert graphs.captures == 3 and graphs.take_notices() == []
 
 
+def test_every_real_capture_of_a_model_shares_one_memory_pool(monkeypatch):
+    """One pool per model: graphs of other shapes, and the compiled UNet's graph replacing the eager one, reuse
+    the same activation blocks instead of each keeping its own (run 1 of the GPU check: +0.6 GiB reserved)."""
+    pools: list[object] = []
+    captured: list[tuple[object, object]] = []
+
+    def new_pool():
+        pools.append(object())
+        return pools[-1]
+
+    def capture(forward, latents, t, context, pool):
+        captured.append((forward, pool))
+        return forward
+
+    monkeypatch.setattr(accel, "_new_graph_pool", new_pool)
+    monkeypatch.setattr(accel, "_capture_cuda_graph", capture)
+    components = build_tiny_random()
+    graphs = components.extras["cuda_graphs"] = accel.CudaGraphs()
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(compile_fn=FakeCompiler())
+    one_image(components)
+    registry.wait(30)
+    one_image(components)  # the compiled UNet's graph replaces the eager one's
+    one_image(components, width=48, height=32)  # another shape (its eager graph)
+    assert len(captured) == 3 and len(pools) == 1
+    assert {pool for _, pool in captured} == {pools[0]}
+    assert captured[0][0] is components.unet and captured[1][0] is not components.unet
+    assert len(graphs.graphs) == 2  # the replaced eager graph is gone; the pool stays held by the others
+    graphs.graphs.clear()  # nothing holds the pool now: PyTorch may free it, so the next capture gets a new one
+    one_image(components, width=32, height=48)
+    assert len(pools) == 2 and captured[-1][1] is pools[1]
+
+
+def test_a_failed_capture_with_no_graph_held_gives_the_next_capture_a_new_pool(monkeypatch):
+    pools: list[object] = []
+    calls: list[object] = []
+
+    def new_pool():
+        pools.append(object())
+        return pools[-1]
+
+    def capture(forward, latents, t, context, pool):
+        calls.append(pool)
+        if len(calls) == 1:
+            raise RuntimeError("capture failed")
+        return forward
+
+    monkeypatch.setattr(accel, "_new_graph_pool", new_pool)
+    monkeypatch.setattr(accel, "_capture_cuda_graph", capture)
+    components = build_tiny_random()
+    graphs = components.extras["cuda_graphs"] = accel.CudaGraphs()
+    one_image(components, steps=2)  # the first capture fails: that shape runs ungraphed
+    (notice,) = graphs.take_notices()
+    assert notice.startswith("CUDA graph for latents 16×16 batch 2") and notice.endswith(
+        "(RuntimeError: capture failed)"
+    )
+    assert not graphs.graphs
+    one_image(components, steps=2, width=48, height=32)  # another shape: captured, in a pool of its own
+    assert len(pools) == 2 and calls == pools
+    assert len(graphs.graphs) == 1
+
+
 def test_the_compiled_unet_gets_its_own_graph_which_replaces_the_eager_one():
     components = build_tiny_random()
     fake = FakeGraphs()
