@@ -139,6 +139,7 @@ class _Entry:
     seconds: float = 0.0  # until the first stage served: the warm-up a user waits through at this shape
     error: str = ""
     stages: dict[str, float] = field(default_factory=dict)  # label → seconds of each stage that succeeded
+    failures: dict[str, str] = field(default_factory=dict)  # label → why a stage failed or was skipped
 
 
 @dataclass
@@ -186,18 +187,20 @@ class CompiledUNets:
             thread.join(timeout)
 
     def wait_for_stage(self, label: str, timeout: float = 600.0) -> bool:
-        """Block until some shape's `label` stage serves (True), or until every compile thread ended or `timeout`
-        passed without it (False). For the benchmark and the tests, which time one stage before the next."""
+        """Block until some shape's `label` stage serves (True), or until it failed or was skipped, every compile
+        thread ended, or `timeout` passed (False). For the benchmark and the tests, which time one stage before
+        letting the next one start: a failed stage must not leave them waiting on a stage held back for it."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             with self.lock:
                 if any(label in entry.stages for entry in self.entries.values()):
                     return True
-            if not any(thread.is_alive() for thread in self.threads):
+                if any(label in entry.failures for entry in self.entries.values()):
+                    return False
+            if time.monotonic() >= deadline or not any(thread.is_alive() for thread in self.threads):
                 with self.lock:
                     return any(label in entry.stages for entry in self.entries.values())
             time.sleep(0.01)
-        return False
 
     def _stages(self) -> tuple[tuple[str, Callable[[Any], Callable[..., Any]]], ...]:
         if self.stages:
@@ -216,12 +219,14 @@ class CompiledUNets:
             try:
                 forward = _build(compile_fn, unet, sample, context)
             except _NotApplicable:
+                with self.lock:
+                    entry.failures[label] = "not applicable to this UNet"
                 continue
             except Exception as exc:  # a compile failure must never reach the user's command: eager keeps serving
                 error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
                 name = f"{label} compile" if label else "compile"
                 with self.lock:
-                    entry.error = error
+                    entry.error = entry.failures[label] = error
                     if entry.state == "ready":
                         staying = "keeping the one before"
                     else:

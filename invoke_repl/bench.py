@@ -707,7 +707,7 @@ def bench_regional_compile(
     for notice in registry.take_notices():
         print(f"  {notice}", flush=True)
     note = (
-        f"regional compile failed: {failed[0]}"
+        f"regional compile failed: {failed[0] if failed else 'not ready within 600 s'}"
         if not regional_ready
         else f"regional compile {cold_s:.1f} s with cold caches ({state}), full compile {full.extra['compile_s']:.1f}"
         f" s; full compiled + graphs {full.ours_s:.4f} s; max pixel diff vs full compiled "

@@ -267,6 +267,28 @@ def test_a_failed_first_stage_leaves_eager_serving_until_the_next_one_is_ready()
     assert len(full.calls) == warmup + 4
 
 
+def test_waiting_for_a_failed_stage_returns_at_once_while_the_next_one_is_held_back():
+    """The benchmark holds the full stage until the regional one is timed; had the regional one failed, waiting
+    for it until the compile thread ends would have waited on that hold (600 s of a lent GPU's minutes)."""
+    import time
+
+    components = build_tiny_random()
+    release = threading.Event()
+    held = _recording("full", FakeCompiler(), [], gate=release)
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(
+        stages=(("regional", FakeCompiler(fail=True)), ("full", held))
+    )
+    one_image(components)
+    started = time.monotonic()
+    assert registry.wait_for_stage("regional", 30) is False
+    assert time.monotonic() - started < 10
+    (entry,) = registry.entries.values()
+    assert entry.failures == {"regional": "RuntimeError: inductor exploded"} and entry.state == "compiling"
+    release.set()
+    assert registry.wait_for_stage("full", 30) is True
+    registry.wait(30)
+
+
 def test_a_failed_later_stage_keeps_the_earlier_one_serving():
     components = build_tiny_random()
     regional = FakeCompiler()
