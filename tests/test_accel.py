@@ -246,25 +246,30 @@ def test_staged_compile_serves_the_regional_unet_first_then_the_full_one():
     assert notices[1].endswith("next images use it")
 
 
-def test_a_failed_first_stage_leaves_eager_serving_until_the_next_one_is_ready():
+@pytest.mark.parametrize(
+    ("failing", "serving", "meanwhile"),
+    [("regional", "full", "uncompiled meanwhile"), ("full", "regional", "keeping the one before")],
+)
+def test_a_failed_stage_leaves_the_other_one_serving(failing, serving, meanwhile):
     components = build_tiny_random()
-    full = FakeCompiler()
+    compilers = {label: FakeCompiler(fail=label == failing) for label in ("regional", "full")}
     registry = components.extras["compiled_unets"] = accel.CompiledUNets(
-        stages=(("regional", FakeCompiler(fail=True)), ("full", full))
+        stages=(("regional", compilers["regional"]), ("full", compilers["full"]))
     )
     one_image(components)
     registry.wait(30)
     notices = registry.take_notices()
-    assert notices[1] == (
-        "regional compile for latents 16×16 batch 2, 77 tokens, float32 failed, uncompiled meanwhile "
+    assert (
+        f"{failing} compile for latents 16×16 batch 2, 77 tokens, float32 failed, {meanwhile} "
         "(RuntimeError: inductor exploded)"
-    )
-    assert notices[2].startswith("compiled the UNet (full) for latents 16×16")
+    ) in notices
+    assert any(n.startswith(f"compiled the UNet ({serving}) for latents 16×16") for n in notices)
     (entry,) = registry.entries.values()
-    assert entry.state == "ready" and list(entry.stages) == ["full"]
-    warmup = len(full.calls)
+    assert entry.state == "ready" and list(entry.stages) == [serving]
+    assert entry.failures == {failing: "RuntimeError: inductor exploded"}
+    warmup = len(compilers[serving].calls)
     one_image(components)
-    assert len(full.calls) == warmup + 4
+    assert len(compilers[serving].calls) == warmup + 4
 
 
 def test_waiting_for_a_failed_stage_returns_at_once_while_the_next_one_is_held_back():
@@ -287,26 +292,6 @@ def test_waiting_for_a_failed_stage_returns_at_once_while_the_next_one_is_held_b
     release.set()
     assert registry.wait_for_stage("full", 30) is True
     registry.wait(30)
-
-
-def test_a_failed_later_stage_keeps_the_earlier_one_serving():
-    components = build_tiny_random()
-    regional = FakeCompiler()
-    registry = components.extras["compiled_unets"] = accel.CompiledUNets(
-        stages=(("regional", regional), ("full", FakeCompiler(fail=True)))
-    )
-    one_image(components)
-    registry.wait(30)
-    notices = registry.take_notices()
-    assert notices[-1] == (
-        "full compile for latents 16×16 batch 2, 77 tokens, float32 failed, keeping the one before "
-        "(RuntimeError: inductor exploded)"
-    )
-    (entry,) = registry.entries.values()
-    assert entry.state == "ready" and list(entry.stages) == ["regional"]
-    warmup = len(regional.calls)
-    one_image(components)
-    assert len(regional.calls) == warmup + 4
 
 
 def test_staged_mode_skips_the_regional_stage_for_a_unet_without_repeated_blocks():
