@@ -523,7 +523,7 @@ def bench_peak_memory(components: Any, plan: GpuPlan, device: str, stock_peak: t
     shapes = len(held.graphs) if held else 0
     session = _peak_memory(plan.device, ours(components, request))
     if held:
-        held.graphs.clear()  # their static buffers and private pools go with them
+        held.graphs.clear()  # their static buffers and the pool they share go with them
         components.extras["cuda_graphs"] = accel.CudaGraphs(capture_fn=plan.capture_fn)
     ours(components, request)()  # captures this shape's graph: a fresh session's first image
     fresh = _peak_memory(plan.device, ours(components, request))
