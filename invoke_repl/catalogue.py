@@ -24,9 +24,12 @@ they resolve against the repository/site-packages folder so the same text works 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import stat
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -212,15 +215,19 @@ def _resolve(text: str, base: Path) -> Path:
 class Catalogue:
     """The entries of one `models.yaml`, and where edits to them are written.
 
-    Built by `Catalogue.find()` (the search order) or `Catalogue.load(path)`. Editing methods write the whole file
-    again atomically (temporary file in the same folder + os.replace), so a crash or a full disk never leaves a
-    half-written catalogue, and never write the shipped file.
+    Built by `Catalogue.find()` (the search order) or `Catalogue.load(path)`. Each edit locks the file, reads it
+    again, applies its one change to what is there now and writes it back atomically (temporary file in the same
+    folder + os.replace). So a crash or a full disk never leaves a half-written catalogue, and an edit made
+    meanwhile by another session or in an editor is kept rather than overwritten from this session's snapshot. The
+    shipped file is never written. A hand-written file's comments cannot survive the rewrite, so the first edit
+    keeps a copy of it beside it (`backup`).
     """
 
     def __init__(self, entries: dict[str, ModelEntry], source: Path | None, *, writable: Path) -> None:
         self.entries = entries
         self.source = source
         self.writable = writable
+        self.backup: Path | None = None  # where the last edit saved the hand-written file it replaced, if it did
 
     # ------------------------------------------------------------------------------------------ reading
     @classmethod
@@ -233,8 +240,10 @@ class Catalogue:
             return cls.load(path)
         here = (cwd or Path.cwd()) / "models.yaml"
         user = user_catalogue_path()
+        # In a source checkout ./models.yaml is the shipped catalogue itself. Edits never go there (they go to the
+        # user's file), so reading it first would hide every edit after a restart.
         for candidate in (here, user):
-            if candidate.is_file():
+            if candidate.is_file() and not (candidate == here and _is_shipped(candidate)):
                 return cls.load(candidate)
         return cls.load(paths.shipped_catalogue())
 
@@ -273,47 +282,125 @@ class Catalogue:
 
     # ------------------------------------------------------------------------------------------ writing
     def add(self, name: str, fields: dict[str, Any], *, base: Path | None = None) -> ModelEntry:
-        if name in self.entries:
-            raise ModelError(f"a model named {name!r} is already in the catalogue (pick another with --name)")
-        entry = parse_entry(name, fields, base or self.writable.parent, str(self.writable))
-        entries = dict(self.entries)
-        entries[name] = entry
-        self._commit(_one_default(entries, name if entry.default else None))
+        def change(entries: dict[str, ModelEntry], target: Path) -> dict[str, ModelEntry]:
+            if name in entries:
+                raise ModelError(f"a model named {name!r} is already in the catalogue (pick another with --name)")
+            entry = parse_entry(name, fields, base or target.parent, str(target))
+            entries[name] = entry
+            return _one_default(entries, name if entry.default else None)
+
+        self._edit(change)
         return self.entries[name]
 
-    def update(self, name: str, fields: dict[str, Any]) -> ModelEntry:
-        old = self.get(name)
-        raw = old.to_yaml(self.writable.parent)
-        for key, value in fields.items():
+    def update(self, name: str, fields: dict[str, Any], *, base: Path | None = None) -> ModelEntry:
+        """Change fields of `name`. Relative `path`/`vae`/`config` values resolve against `base` (the folder the
+        user typed them in) and are stored absolute; without `base`, against the catalogue's folder."""
+        for key in fields:
             if key not in FIELDS:
                 raise ModelError(f"entry {name!r}: unknown field {key!r} (fields: {', '.join(FIELDS)})")
-            if value is None or value == "":
-                raw.pop(key, None)
-            else:
-                raw[key] = coerce_field(key, value)
-        entry = parse_entry(name, raw, self.writable.parent, str(self.writable))
-        entries = dict(self.entries)
-        entries[name] = entry
-        self._commit(_one_default(entries, name if entry.default and not old.default else None))
+
+        def change(entries: dict[str, ModelEntry], target: Path) -> dict[str, ModelEntry]:
+            old = _get(entries, name, target)
+            raw = old.to_yaml(target.parent)
+            for key, value in fields.items():
+                if value is None or value == "":
+                    raw.pop(key, None)
+                    continue
+                value = coerce_field(key, value)
+                if base is not None and key in ("path", "vae", "config") and isinstance(value, str):
+                    if not (key == "config" and value in FAMILIES) and not (key == "path" and old.format == "builtin"):
+                        value = str(_resolve(value, base).resolve())
+                raw[key] = value
+            entry = parse_entry(name, raw, target.parent, str(target))
+            entries[name] = entry
+            return _one_default(entries, name if entry.default and not old.default else None)
+
+        self._edit(change)
         return self.entries[name]
 
     def remove(self, name: str) -> ModelEntry:
-        entry = self.get(name)
-        entries = {k: v for k, v in self.entries.items() if k != name}
-        self._commit(entries)
-        return entry
+        removed: list[ModelEntry] = []
 
-    def _commit(self, entries: dict[str, ModelEntry]) -> None:
+        def change(entries: dict[str, ModelEntry], target: Path) -> dict[str, ModelEntry]:
+            removed.append(_get(entries, name, target))
+            return {k: v for k, v in entries.items() if k != name}
+
+        self._edit(change)
+        return removed[0]
+
+    def _edit(self, change: Callable[[dict[str, ModelEntry], Path], dict[str, ModelEntry]]) -> None:
+        """Apply `change` to the file as it is on disk now, under a lock, and write the result atomically."""
         target = self.writable
         if _is_shipped(target):  # belt and braces: never write into the package
             target = user_catalogue_path()
-        target_dir = target.parent
-        data = {name: entry.to_yaml(target_dir) for name, entry in entries.items()}
-        write_atomic(target, _HEADER + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-        # Re-read what was written so relative paths and validation are exactly what a restart would see.
-        self.entries = read_entries(target, target_dir.resolve())
+        target = Path(os.path.realpath(target))  # a symlinked catalogue (dotfiles) is edited where it lives
+        with _locked(target):
+            text = _read_text(target)
+            # What another session or an editor wrote since this one started is the base of the change; with no
+            # file yet, this session's entries are (the shipped ones, when the user file is being created).
+            current = read_entries(target, target.parent) if text is not None else dict(self.entries)
+            entries = change(dict(current), target)
+            data = {name: entry.to_yaml(target.parent) for name, entry in entries.items()}
+            self.backup = _keep_hand_written(target, text)
+            write_atomic(target, _HEADER + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+            # Re-read what was written so relative paths and validation are exactly what a restart would see.
+            self.entries = read_entries(target, target.parent)
         self.source = target
         self.writable = target
+
+
+def _get(entries: dict[str, ModelEntry], name: str, target: Path) -> ModelEntry:
+    try:
+        return entries[name]
+    except KeyError:
+        known = ", ".join(entries) or "none"
+        raise ModelError(f"no model named {name!r} in {target} (known: {known})") from None
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return ""  # read_entries reports it
+
+
+def _keep_hand_written(target: Path, text: str | None) -> Path | None:
+    """Copy a catalogue with comments that this program did not write to a free `NAME.bak[.N]` beside it."""
+    if not text:
+        return None
+    lines = text.splitlines()
+    if lines and lines[0] + "\n" == _HEADER:
+        lines = lines[1:]
+    if not any(line.lstrip().startswith("#") for line in lines):
+        return None  # nothing that the rewrite would lose
+    for number in range(1000):
+        backup = target.with_name(target.name + (".bak" if number == 0 else f".bak.{number}"))
+        old = _read_text(backup)
+        if old == text:
+            return backup
+        if old is None:
+            write_atomic(backup, text)
+            return backup
+    return None
+
+
+@contextlib.contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    """An exclusive lock that every invoke-repl process takes before editing `target` (POSIX advisory lock)."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): edits are still atomic, only not serialised between processes
+        yield
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(f".{target.name}.lock"), "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 _HEADER = "# invoke-repl model catalogue (written by !import_model / !edit_model / !del_model)\n"
@@ -389,10 +476,16 @@ def read_entries(path: Path, base: Path) -> dict[str, ModelEntry]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and os.replace, so readers see the old or the new file."""
+    """Write via a temporary file in the same folder and os.replace, so readers see the old or the new file.
+
+    A symlink is followed (the file it points to is replaced, the link stays) and an existing file keeps its
+    permissions."""
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, stat.S_IMODE(path.stat().st_mode))
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()

@@ -57,7 +57,9 @@ class Components:
 
     @property
     def native_size(self) -> tuple[int, int]:
-        """(width, height) the model was trained at: UNet sample size × VAE factor."""
+        """(width, height) a line without -W/-H gets: the catalogue entry's `width`/`height` where it sets them,
+        else the size the model was trained at (UNet sample size × VAE factor)."""
         sample = self.unet.config.sample_size
         h, w = (sample, sample) if isinstance(sample, int) else sample
-        return int(w) * self.vae_scale_factor, int(h) * self.vae_scale_factor
+        width, height = self.extras.get("width"), self.extras.get("height")
+        return int(width or int(w) * self.vae_scale_factor), int(height or int(h) * self.vae_scale_factor)

@@ -46,7 +46,17 @@ _CROSS_ATTN_KEY = re.compile(r"^model\.diffusion_model\..*\.attn2\.to_k\.weight$
 # Training-state classes that plain SD .ckpt files carry beside their weights (sd-v1-4.ckpt has a Lightning
 # ModelCheckpoint callback). torch's weights-only unpickler may rebuild them as inert stand-ins: no code of theirs
 # runs, and their contents are thrown away. Anything else outside torch's allowlist is refused.
-_INERT_GLOBALS = ("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",)
+# Its score may be a numpy float64, pickled through numpy's scalar constructor, its dtype and `_codecs.encode` for
+# the raw bytes (ComfyUI allow-lists the same names "for safe loading of old sd files", its PR #10333); all of those
+# become stand-ins too, so numpy is never called either.
+_INERT_GLOBALS = (
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+    "numpy.dtype",
+    "numpy.dtypes.Float64DType",
+    "_codecs.encode",
+)
 
 BUILTIN_RECIPES: dict[str, Callable[[], Components]] = {"tiny-random": build_tiny_random}
 
@@ -142,7 +152,11 @@ def _torch_load_weights_only(path: Path) -> Any:
 
 
 class _Inert:
-    """Stand-in for a training-state object in a checkpoint: accepts its state, keeps nothing, runs nothing."""
+    """Stand-in for a training-state object in a checkpoint (or for the function that would build it): accepts its
+    arguments and state, keeps nothing, runs nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
     def __setstate__(self, state: Any) -> None:
         pass
@@ -194,7 +208,7 @@ def detect_checkpoint_family(shapes: dict[str, tuple[int, ...]], path: Path | No
         parameterization = _sidecar_parameterization(Path(path))
         if parameterization is not None:
             return "sd-2-v" if parameterization == "v" else "sd-2"
-        if "768" in Path(path).stem:
+        if re.search(r"(?<!\d)768(?!\d)", Path(path).stem):  # a size, not part of a step count (step7680)
             return "sd-2-v"
     return "sd-2"
 
@@ -208,7 +222,7 @@ def _sidecar_parameterization(path: Path) -> str | None:
                 data = yaml.safe_load(sidecar.read_text(encoding="utf-8"))
                 return str(data["model"]["params"].get("parameterization", "eps"))
             except Exception:
-                return None
+                continue  # unreadable: the other spelling may still say it
     return None
 
 
@@ -294,9 +308,14 @@ def load_entry(entry: ModelEntry, hashes: HashCache | None = None, dtype: torch.
 
 
 def apply_entry_defaults(entry: ModelEntry, components: Components) -> None:
-    """Generation defaults the catalogue entry sets for its model (so far: the CFG scale)."""
-    if entry.cfg_scale is not None:
-        components.extras["cfg_scale"] = entry.cfg_scale
+    """Generation defaults the catalogue entry sets for its model: the CFG scale and the size of a line without
+    -C, -W and -H. Applied again after `!edit_model`, so a field the edit removed stops applying."""
+    for key in ("cfg_scale", "width", "height"):
+        value = getattr(entry, key)
+        if value is None:
+            components.extras.pop(key, None)
+        else:
+            components.extras[key] = value
 
 
 def _load_folder(entry: ModelEntry, dtype: torch.dtype | None) -> Components:
@@ -306,17 +325,28 @@ def _load_folder(entry: ModelEntry, dtype: torch.dtype | None) -> Components:
     folder = entry.path
     assert folder is not None
     _check_model_index(folder)
+    for part in ("text_encoder",) if entry.vae is not None else ("vae", "text_encoder"):
+        if not (folder / part).is_dir():
+            hint = " (or set vae: in its entry)" if part == "vae" else ""
+            raise ModelError(f"{folder} has no {part}/ folder{hint}")
     family = entry.family or detect_folder_family(folder)
     with quiet_libraries():
         unet = UNet2DConditionModel.from_pretrained(
-            str(folder), subfolder="unet", local_files_only=True, torch_dtype=dtype
+            str(folder), subfolder="unet", local_files_only=True, torch_dtype=dtype, **_read_as(folder / "unet")
         )
         if entry.vae is not None:
             vae = _load_vae_override(entry.vae, folder, dtype)
         else:
-            vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", local_files_only=True, torch_dtype=dtype)
+            vae = AutoencoderKL.from_pretrained(
+                str(folder), subfolder="vae", local_files_only=True, torch_dtype=dtype, **_read_as(folder / "vae")
+            )
         text_encoder = CLIPTextModel.from_pretrained(
-            str(folder), subfolder="text_encoder", local_files_only=True, trust_remote_code=False, dtype=dtype
+            str(folder),
+            subfolder="text_encoder",
+            local_files_only=True,
+            trust_remote_code=False,
+            dtype=dtype,
+            **_read_as(folder / "text_encoder"),
         )
     tokenizer = load_tokenizer(folder / "tokenizer", family)
     return Components(
@@ -342,6 +372,9 @@ def _check_model_index(folder: Path) -> None:
     """Refuse folders whose parts are custom classes: we would load them wrongly, and never run their code."""
     if not (folder / "unet").is_dir():
         raise ModelError(f"{folder} is not a diffusers model folder (no unet/ inside)")
+    for part in ("unet", "vae", "text_encoder"):
+        if (folder / part).is_dir() and not part_weight_files(folder / part)[0]:
+            raise ModelError(f"{folder}: its {part}/ folder holds no weights (.safetensors or .bin)")
     index = _read_json(folder / "model_index.json")
     if not index:
         return
@@ -413,12 +446,27 @@ def _load_single_file(entry: ModelEntry, dtype: torch.dtype | None) -> Component
     )
 
 
+def _read_as(sub: Path) -> dict[str, Any]:
+    """from_pretrained's file choice for one part folder: the variant its weights need, and safetensors or not
+    (told outright, since diffusers logs a missing .safetensors as an error before falling back to .bin)."""
+    files, variant = part_weight_files(sub)
+    if not files:
+        return {}  # from_pretrained says what is missing
+    return {"variant": variant, "use_safetensors": files[0].suffix == ".safetensors"}
+
+
 def _load_vae_override(vae_path: Path, config: Path, dtype: torch.dtype | None) -> Any:
     from diffusers import AutoencoderKL
 
     if vae_path.is_dir():
         sub = "vae" if (vae_path / "vae" / "config.json").is_file() else None
-        return AutoencoderKL.from_pretrained(str(vae_path), subfolder=sub, local_files_only=True, torch_dtype=dtype)
+        return AutoencoderKL.from_pretrained(
+            str(vae_path),
+            subfolder=sub,
+            local_files_only=True,
+            torch_dtype=dtype,
+            **_read_as(vae_path / sub if sub else vae_path),
+        )
     state = read_checkpoint(vae_path)
     state.pop("global_step", None)
     vae = AutoencoderKL.from_single_file(
@@ -478,13 +526,40 @@ def scheduler_config(folder: Path, family: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ files and sizes
+_SHARD = re.compile(r"-\d{5}-of-\d{5}$")
+
+
+def part_weight_files(sub: Path) -> tuple[list[Path], str | None]:
+    """The weight files `from_pretrained` reads from one part folder (unet/, vae/, text_encoder/), and the variant
+    it must be asked for to read them (None: the plain files).
+
+    Folders copied from the Hub often hold several copies of each part (`.bin` beside `.safetensors`,
+    `*.fp16.*`, `*.non_ema.*`) of which one is read: counting them all made the memory estimate refuse models
+    that fit (4× here on a folder with four copies) and changed the model's hash with every unused file. The
+    order is from_pretrained's own: plain before a variant, safetensors before bin; a folder of fp16 files only
+    is read as the fp16 variant.
+    """
+    if not sub.is_dir():
+        return [], None
+    files = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    for variant in (None, "fp16"):
+        for suffix in (".safetensors", ".bin"):
+            chosen = [f for f in files if f.suffix == suffix and _variant_of(f) == variant]
+            if chosen:
+                return chosen, variant
+    return files, None
+
+
+def _variant_of(file: Path) -> str | None:
+    stem = _SHARD.sub("", file.name[: -len(file.suffix)])
+    return stem.rsplit(".", 1)[1] if "." in stem else None
+
+
 def folder_weight_files(folder: Path) -> list[Path]:
-    """The weight files a diffusers folder's unet/vae/text_encoder hold (what hashing and sizes count)."""
+    """The weight files loading reads from a diffusers folder's unet/vae/text_encoder (what hashing and sizes count)."""
     files: list[Path] = []
     for part in ("unet", "vae", "text_encoder"):
-        sub = folder / part
-        if sub.is_dir():
-            files.extend(sorted(p for p in sub.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES))
+        files.extend(part_weight_files(folder / part)[0])
     return files
 
 
@@ -493,7 +568,11 @@ def entry_files(entry: ModelEntry) -> list[Path]:
         return []
     files = folder_weight_files(entry.path) if entry.path.is_dir() else [entry.path]
     if entry.vae is not None and entry.vae.exists():
-        files += folder_weight_files(entry.vae) if entry.vae.is_dir() else [entry.vae]
+        if entry.vae.is_dir():  # a whole model's folder (its vae/ is read) or a VAE's own folder
+            sub = entry.vae / "vae" if (entry.vae / "vae" / "config.json").is_file() else entry.vae
+            files += part_weight_files(sub)[0]
+        else:
+            files.append(entry.vae)
     return files
 
 

@@ -301,21 +301,35 @@ class ModelManager:
             fields["default"] = True
         with self._lock:
             self.catalogue.add(name, fields)
+        self._announce_backup()
         return name
 
     def edit_model(self, name: str, **fields: Any) -> None:
-        """Change fields of an entry (text values are converted). A loaded copy is dropped if its files changed."""
+        """Change fields of an entry (text values are converted). A loaded copy is dropped if its files changed.
+
+        Relative paths are read from the working directory, as `!import_model` reads them. A load of this model
+        still running in the background is waited for first: it read the old entry, and would otherwise serve the
+        old settings (or the old files) for the rest of the session."""
         old = self.catalogue.get(name)
         with self._lock:
-            new = self.catalogue.update(name, fields)
+            pending = self._pending.get(name)
+        if pending is not None:
+            with contextlib.suppress(BaseException):  # a failed load has nothing to update; its get() says why
+                pending.result()
+        with self._lock:
+            new = self.catalogue.update(name, fields, base=Path.cwd())
             if (old.format, old.path, old.config, old.vae) != (new.format, new.path, new.config, new.vae):
                 self._drop(name)
             elif name in self._slots and self._slots[name].components is not None:
                 from invoke_repl.loading import apply_entry_defaults
 
-                components = self._slots[name].components
-                components.extras.pop("cfg_scale", None)
-                apply_entry_defaults(new, components)  # a new default CFG applies from the next line
+                apply_entry_defaults(new, self._slots[name].components)  # new defaults apply from the next line
+        self._announce_backup()
+
+    def _announce_backup(self) -> None:
+        if self.catalogue.backup is not None:
+            self._notify(f"the hand-written catalogue's comments are kept in {self.catalogue.backup}")
+            self.catalogue.backup = None
 
     def del_model(self, name: str) -> None:
         """Remove an entry from the catalogue; its weight files are left where they are."""
@@ -327,6 +341,7 @@ class ModelManager:
                 raise ModelError(f"{name!r} is loading; wait for it before removing it")
             self.catalogue.remove(name)
             self._drop(name)
+        self._announce_backup()
 
     # ------------------------------------------------------------------------------------------ internals
     def _activate_default(self) -> Components:
@@ -472,6 +487,12 @@ class ModelManager:
                 in_ram = [n for n, s in self._slots.items() if s.where == "cpu"]
                 if not in_ram and self.device.type == "cpu":
                     in_ram = [n for n in self._slots if n != self._active]
+                    active = self._slots.get(self._active) if self._active is not None else None
+                    # RAM for one model: the active one goes too, as the last resort, but only when that makes room
+                    # (else a refused load would also cost the model the user has).
+                    if not in_ram and active is not None and available + active.nbytes >= nbytes + self.host_margin:
+                        self._notify(f"dropping {self._active!r} from memory to make room for {name!r}")
+                        in_ram = [self._active]
                 if not in_ram:
                     raise ModelError(
                         f"not enough memory to load {name!r}: needs about {nbytes / GiB:.1f} GiB + "

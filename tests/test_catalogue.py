@@ -132,6 +132,9 @@ def test_editing_with_the_repo_catalogue_in_the_working_directory_goes_to_the_us
     catalogue.add("extra", {"format": "builtin", "path": "tiny-random"})
     assert _digest(paths.shipped_catalogue()) == before
     assert "extra" in yaml.safe_load(user_catalogue_path().read_text())
+    # A restart in the same folder reads the user's file, not the shipped one that would hide the edit.
+    restarted = Catalogue.find()
+    assert restarted.source == user_catalogue_path() and "extra" in restarted.names()
 
 
 def test_edits_are_atomic_and_a_failed_write_leaves_the_old_file(user_dirs, monkeypatch):
@@ -155,7 +158,7 @@ def test_edits_are_atomic_and_a_failed_write_leaves_the_old_file(user_dirs, monk
     with pytest.raises(OSError):
         catalogue.update("a", {"description": "lost"})
     assert user.read_text() == before
-    assert [p.name for p in user.parent.iterdir()] == ["models.yaml"]  # no temporary file left behind
+    assert [p.name for p in user.parent.iterdir() if not p.name.endswith(".lock")] == ["models.yaml"]  # no temp file
 
 
 def test_invalid_edits_are_refused_before_writing(user_dirs):
@@ -174,3 +177,73 @@ def test_making_one_entry_default_clears_the_others(user_dirs):
     catalogue.update("tiny-random", {"default": "true"})
     reread = Catalogue.find()
     assert reread.get("tiny-random").default and not reread.get("embedded").default
+
+
+def test_edits_apply_to_the_file_as_it_is_now_not_to_a_start_up_snapshot(tmp_path):
+    """Two sessions on one catalogue, and a hand edit meanwhile: every change survives every later edit."""
+    path = tmp_path / "models.yaml"
+    path.write_text("a:\n  format: builtin\n  path: tiny-random\n")
+    one, two = Catalogue.load(path), Catalogue.load(path)
+    one.add("from-one", {"format": "builtin", "path": "tiny-random"})
+    two.add("from-two", {"format": "builtin", "path": "tiny-random"})
+    with open(path, "a") as handle:
+        handle.write("by-hand:\n  format: builtin\n  path: tiny-random\n")
+    one.update("a", {"description": "edited"})
+    assert Catalogue.load(path).names() == ["a", "from-one", "from-two", "by-hand"]
+    assert Catalogue.load(path).get("a").description == "edited"
+    with pytest.raises(ModelError, match="already in the catalogue"):
+        one.add("from-two", {"format": "builtin", "path": "tiny-random"})  # session two's, seen on disk
+    two.remove("from-one")
+    with pytest.raises(ModelError, match="no model named 'from-one'"):
+        one.update("from-one", {"description": "gone meanwhile"})
+    assert Catalogue.load(path).names() == ["a", "from-two", "by-hand"]
+
+
+def test_a_hand_edit_that_breaks_the_file_is_not_overwritten(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text("a:\n  format: builtin\n  path: tiny-random\n")
+    catalogue = Catalogue.load(path)
+    path.write_text("a: [half-typed\n")
+    with pytest.raises(ModelError, match="not valid YAML"):
+        catalogue.add("b", {"format": "builtin", "path": "tiny-random"})
+    assert path.read_text() == "a: [half-typed\n"
+
+
+def test_comments_of_a_hand_written_catalogue_are_kept_in_a_backup(tmp_path):
+    path = tmp_path / "models.yaml"
+    text = "# my models, do not lose this note\na:\n  format: builtin\n  path: tiny-random  # noise\n"
+    path.write_text(text)
+    catalogue = Catalogue.load(path)
+    catalogue.update("a", {"description": "x"})
+    assert catalogue.backup == tmp_path / "models.yaml.bak" and catalogue.backup.read_text() == text
+    catalogue.update("a", {"description": "y"})  # the rewritten file has no comments of the user's left to keep
+    assert catalogue.backup is None
+    path.write_text(text.replace("note", "other note"))
+    catalogue.update("a", {"description": "z"})  # a second hand-written version does not replace the first copy
+    assert catalogue.backup == tmp_path / "models.yaml.bak.1"
+    assert (tmp_path / "models.yaml.bak").read_text() == text
+
+
+def test_a_symlinked_catalogue_stays_a_link_with_its_permissions(tmp_path):
+    dotfiles = tmp_path / "dotfiles" / "models.yaml"
+    dotfiles.parent.mkdir()
+    dotfiles.write_text("a:\n  format: builtin\n  path: tiny-random\n")
+    dotfiles.chmod(0o644)
+    link = tmp_path / "config" / "models.yaml"
+    link.parent.mkdir()
+    link.symlink_to(dotfiles)
+    Catalogue.load(link).add("b", {"format": "builtin", "path": "tiny-random"})
+    assert link.is_symlink() and Catalogue.load(dotfiles).names() == ["a", "b"]
+    assert dotfiles.stat().st_mode & 0o777 == 0o644
+
+
+def test_relative_paths_of_an_edit_resolve_against_the_given_folder(tmp_path):
+    path = tmp_path / "config" / "models.yaml"
+    path.parent.mkdir()
+    path.write_text("a:\n  format: diffusers\n  path: /elsewhere/a\n")
+    work = tmp_path / "work"
+    catalogue = Catalogue.load(path)
+    entry = catalogue.update("a", {"path": "models/a-v2", "vae": "~/vae.safetensors", "config": "sd-1"}, base=work)
+    assert entry.path == work / "models" / "a-v2" and entry.config == "sd-1"
+    assert entry.vae == Path.home() / "vae.safetensors"
+    assert Catalogue.load(path).get("a").path == work / "models" / "a-v2"

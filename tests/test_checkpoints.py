@@ -241,3 +241,130 @@ def test_folder_with_custom_classes_is_refused(tiny_store, tmp_path):
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ModelError, match="never runs code"):
         load_entry(_entry(folder, None, tmp_path, fmt="diffusers"), HashCache(tmp_path / "h.json"))
+
+
+# ------------------------------------------------------------------------------------------ folders from the wild
+
+
+def _hub_style_copy(tiny_store, tmp_path: Path) -> Path:
+    """The tiny folder with the extra copies Hub downloads carry beside each part's weights."""
+    import shutil
+
+    folder = tmp_path / "hub"
+    shutil.copytree(tiny_store["folder"], folder)
+    for part, stem in (
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+    ):
+        plain = folder / part / f"{stem}.safetensors"
+        for extra in (f"{stem}.fp16.safetensors", f"{stem}.non_ema.safetensors"):
+            shutil.copy(plain, folder / part / extra)
+        bin_name = "pytorch_model.bin" if part == "text_encoder" else f"{stem}.bin"
+        (folder / part / bin_name).write_bytes(b"\0" * plain.stat().st_size)  # never read: safetensors comes first
+    return folder
+
+
+def test_extra_weight_copies_in_a_folder_are_neither_counted_nor_hashed(tiny_store, tmp_path):
+    from invoke_repl.loading import estimate_bytes, size_on_disk
+
+    plain = _entry(tiny_store["folder"], None, tmp_path, fmt="diffusers")
+    hub = _entry(_hub_style_copy(tiny_store, tmp_path), None, tmp_path, name="hub", fmt="diffusers")
+    assert estimate_bytes(hub, torch.float32) == estimate_bytes(plain, torch.float32)
+    assert size_on_disk(hub) == size_on_disk(plain)
+    hashes = HashCache(tmp_path / "hashes.json")
+    assert load_entry(hub, hashes).sha256 == load_entry(plain, hashes).sha256
+
+
+def test_a_folder_of_fp16_variant_files_only_loads(tiny_store, tmp_path):
+    import shutil
+
+    folder = tmp_path / "fp16-only"
+    shutil.copytree(tiny_store["folder"], folder)
+    for part in ("unet", "vae", "text_encoder"):
+        for f in (folder / part).glob("*.safetensors"):
+            f.rename(f.with_name(f.name.replace(".safetensors", ".fp16.safetensors")))
+    components = load_entry(_entry(folder, None, tmp_path, fmt="diffusers"), HashCache(tmp_path / "h.json"))
+    reference = tiny_store["components"]
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = getattr(components, part).state_dict(), getattr(reference, part).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in b), part
+
+
+def test_a_bin_only_folder_loads_without_error_lines(tiny_store, tmp_path):
+    import logging
+    import shutil
+
+    folder = tmp_path / "bin-only"
+    shutil.copytree(tiny_store["folder"], folder)
+    for part, name in (("unet", "diffusion_pytorch_model.bin"), ("vae", "diffusion_pytorch_model.bin")):
+        from safetensors.torch import load_file
+
+        weights = folder / part / "diffusion_pytorch_model.safetensors"
+        torch.save(load_file(str(weights)), folder / part / name)
+        weights.unlink()
+    logged: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("diffusers")
+    logger.addHandler(handler)  # diffusers' own handler writes to the stderr of whenever it was imported
+    try:
+        load_entry(_entry(folder, None, tmp_path, fmt="diffusers"), HashCache(tmp_path / "h.json"))
+    finally:
+        logger.removeHandler(handler)
+    assert logged == []
+
+
+def test_a_part_folder_without_weights_is_named(tiny_store, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-vae-weights"
+    shutil.copytree(tiny_store["folder"], folder)
+    (folder / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ModelError, match=r"its vae/ folder holds no weights"):
+        load_entry(_entry(folder, None, tmp_path, fmt="diffusers"), HashCache(tmp_path / "h.json"))
+    shutil.rmtree(folder / "vae")
+    with pytest.raises(ModelError, match=r"has no vae/ folder \(or set vae: in its entry\)"):
+        load_entry(_entry(folder, None, tmp_path, fmt="diffusers"), HashCache(tmp_path / "h.json"))
+    shutil.copytree(tiny_store["folder"] / "vae", folder / "vae")
+    shutil.rmtree(folder / "text_encoder")
+    with pytest.raises(ModelError, match=r"has no text_encoder/ folder"):
+        load_entry(_entry(folder, None, tmp_path, fmt="diffusers"), HashCache(tmp_path / "h.json"))
+
+
+def test_an_old_lightning_ckpt_with_a_numpy_score_loads_and_runs_nothing(tiny_store, tmp_path, monkeypatch):
+    """CompVis-era .ckpt files carry Lightning's callback state, whose score may be a numpy float64."""
+    import sys
+    import types
+
+    import numpy as np
+
+    module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+
+    class ModelCheckpoint:
+        pass
+
+    ModelCheckpoint.__module__, ModelCheckpoint.__qualname__ = module.__name__, "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    from safetensors.torch import load_file
+
+    state = load_file(str(tiny_store["safetensors"]))
+    path = tmp_path / "v1-5-style.ckpt"
+    callbacks = {ModelCheckpoint: {"best_model_score": np.float64(0.123), "best_model_path": ""}}
+    torch.save({"state_dict": state, "global_step": 470000, "callbacks": callbacks}, path)
+    monkeypatch.delitem(sys.modules, module.__name__)  # the user's machine has no Lightning installed
+    loaded = read_checkpoint(path)
+    assert loaded.pop("global_step") == 470000 and loaded.keys() == state.keys()
+
+
+def test_family_hints_from_the_file_name_and_sidecars(tmp_path):
+    shapes = {"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024)}
+    assert detect_checkpoint_family(shapes, tmp_path / "v2-1_768-ema-pruned.safetensors") == "sd-2-v"
+    assert detect_checkpoint_family(shapes, tmp_path / "mymodel_step7680.safetensors") == "sd-2"
+    broken = tmp_path / "finetune.yaml"
+    broken.write_text("model: [unclosed\n")
+    (tmp_path / "finetune.yml").write_text("model:\n  params:\n    parameterization: v\n")
+    assert detect_checkpoint_family(shapes, tmp_path / "finetune.safetensors") == "sd-2-v"

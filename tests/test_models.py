@@ -270,7 +270,9 @@ def test_host_memory_is_measured_before_loading(tiny_store, tmp_path, user_dirs)
     def available() -> int:
         manager = state["manager"]
         crowded = manager is not None and "folder" in manager.list_models_raw()
-        return 2**30 + 1 if state["starved"] or crowded else 64 * 2**30
+        if state["starved"]:
+            return 0  # not even dropping the active model would make room
+        return 2**30 + 1 if crowded else 64 * 2**30
 
     manager = ModelManager(
         _catalogue(tmp_path, body), device="cpu", max_loaded=3, host_margin_bytes=2**30, host_available=available
@@ -283,9 +285,63 @@ def test_host_memory_is_measured_before_loading(tiny_store, tmp_path, user_dirs)
     states = {row.name: row.state for row in manager.list_models()}
     assert states == {"tiny": "on device", "folder": "on disk", "other": "on device"}
     state["starved"] = True
+    tiny = manager.get()
     with pytest.raises(ModelError, match="not enough memory to load 'folder'"):
         manager.switch("folder")
-    assert manager.active_name == "tiny" and manager.get().name == "tiny"
+    assert manager.active_name == "tiny" and manager.get() is tiny  # kept: dropping it would not have helped
+
+
+def test_with_ram_for_one_model_a_switch_replaces_the_active_one(tiny_store, tmp_path, user_dirs):
+    """On the CPU with room for one model, switching drops the active model (said once) instead of refusing."""
+    folder = model_dir_copy(tiny_store, tmp_path, "folder")
+    body = TINY_ONLY + f"folder:\n  format: diffusers\n  path: {folder}\n"
+    notices: list[str] = []
+    state: dict = {"manager": None}
+
+    def available() -> int:  # room for one tiny model beside the margin, less once one is loaded
+        loaded = state["manager"] is not None and any(r.state == "on device" for r in state["manager"].list_models())
+        return 2**30 + (0 if loaded else 2**26)
+
+    manager = ModelManager(
+        _catalogue(tmp_path, body),
+        device="cpu",
+        max_loaded=2,
+        host_margin_bytes=2**30,
+        host_available=available,
+        notify=notices.append,
+    )
+    state["manager"] = manager
+    manager.switch("tiny")
+    assert manager.switch("folder").name == "folder" and manager.active_name == "folder"
+    assert notices == ["dropping 'tiny' from memory to make room for 'folder'"]
+    assert {r.name: r.state for r in manager.list_models()} == {"tiny": "on disk", "folder": "on device"}
+
+
+def test_an_edit_made_while_the_model_loads_in_the_background_applies(tmp_path, user_dirs, monkeypatch):
+    release = threading.Event()
+    real = loading.load_entry
+
+    def slow(entry, *args, **kwargs):
+        release.wait(10)
+        return real(entry, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_entry", slow)
+    manager = ModelManager(_catalogue(tmp_path, TINY_ONLY), device="cpu")
+    manager.start_background_load()
+    threading.Timer(0.2, release.set).start()
+    manager.edit_model("tiny", cfg_scale="6", width="96")
+    components = manager.get()
+    assert components.default_cfg == 6.0 and components.native_size == (96, 64)
+    manager.edit_model("tiny", cfg_scale="", width="")  # removing the fields removes their defaults
+    assert components.default_cfg == 7.5 and components.native_size == (64, 64)
+
+
+def test_edit_model_reads_relative_paths_from_the_working_directory(tiny_store, tmp_path, user_dirs):
+    folder = model_dir_copy(tiny_store, user_dirs["work"], "mine-v2")
+    manager = ModelManager(_catalogue(tmp_path, TINY_ONLY + "mine:\n  format: diffusers\n  path: /nowhere\n"))
+    manager.edit_model("mine", path="mine-v2")
+    assert manager.switch("mine").name == "mine"
+    assert Catalogue.load(tmp_path / "models.yaml").get("mine").path == folder
 
 
 def test_cuda_tier_moves_to_ram_or_drops_by_measured_memory(tmp_path, user_dirs, monkeypatch):
