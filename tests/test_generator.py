@@ -215,3 +215,17 @@ def test_cfg_one_runs_conditional_only(components, monkeypatch):
     list(generate(components, _request(cfg_scale=1.0), progress=False))
     list(generate(components, _request(cfg_scale=7.5, iterations=2), batch_size=2, progress=False))
     assert batches == [1] * STEPS + [4] * STEPS
+
+
+def test_a_long_tag_list_prompt_is_classified_at_once():
+    """The plain-prompt check backtracked through every split of ", " on a tag list ending in syntax: 24 tags took
+    30 s inside the regex engine. Run in a child process so a regression fails by timeout instead of hanging."""
+    import subprocess
+    import sys
+
+    code = (
+        "from invoke_repl.generator.conditioning import _PLAIN\n"
+        "tags = ', '.join(f'tag{i}' for i in range(60))\n"
+        "assert _PLAIN.fullmatch(tags) and not _PLAIN.fullmatch(tags + ', (red)++.')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -162,3 +162,18 @@ def test_fitted_size_is_recorded_so_the_line_remakes_the_image(components, unet_
     (again,) = generate(components, result.request, init_image=wide, progress=False)
     assert np.array_equal(np.asarray(again.image), np.asarray(result.image))
     assert fit_init_image(wide, (80, 40)).size == (80, 40)
+
+
+def test_an_init_image_too_big_to_diffuse_is_refused_before_encoding(components, monkeypatch):
+    from invoke_repl.generator import core
+    from invoke_repl.request import RequestError
+
+    encoded: list[object] = []
+    monkeypatch.setattr(core, "encode_image", lambda *a: encoded.append(a))
+    wide = Image.new("RGB", (4105, 16))
+    request = Request(prompt="a", steps=2, strength=0.5, init_img="wide.png", seed=1, sampler="k_euler")
+    with pytest.raises(RequestError, match=r"the init image is 4105×16 px; that is 4104×16 .*give -W and -H"):
+        list(generate(components, request, init_image=wide, progress=False))
+    with pytest.raises(RequestError, match=r"with -H 64 that makes 16416×64"):
+        list(generate(components, request.replace(height=64), init_image=wide, progress=False))
+    assert encoded == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import scipy.integrate
@@ -140,3 +142,72 @@ def test_cached_lms_generates_the_same_image_as_stock(monkeypatch):
 def test_step_overhead_is_measurable_for_every_sampler():
     for name in ("k_lms", "k_euler", "k_heun"):
         assert samplers.step_overhead_ms(name, SD1_SCHEDULER_CONFIG, steps=4, shape=(1, 4, 8, 8)) > 0
+
+
+def test_a_models_karras_config_does_not_leak_into_the_plain_samplers():
+    """A folder saved from a "DPM++ 2M Karras" pipeline says use_karras_sigmas: true; k_euler must stay k_euler."""
+    karras_config = {**SD1_SCHEDULER_CONFIG, "use_karras_sigmas": True}
+    for name in SAMPLERS:
+        ours = make_scheduler(name, karras_config)
+        plain = make_scheduler(name, SD1_SCHEDULER_CONFIG)
+        if "use_karras_sigmas" in inspect.signature(type(ours).__init__).parameters:  # DDIM and PLMS ignore it
+            assert ours.config.use_karras_sigmas == name.endswith("_karras"), name
+        ours.set_timesteps(12)
+        plain.set_timesteps(12)
+        assert torch.equal(ours.timesteps, plain.timesteps), name
+
+
+LEADING = {**SD1_SCHEDULER_CONFIG, "timestep_spacing": "leading"}  # what SD's own configs (and configs/) say
+
+
+@pytest.mark.parametrize("steps", [1, 2, 101, 150, 400, 600, 1000])
+def test_step_counts_where_leading_spacing_breaks_start_near_pure_noise(steps):
+    """Leading spacing at these counts starts far below T (N=1: at t=1) or past it (N=1000: t=1000)."""
+    from invoke_repl.generator.core import plan_schedule
+
+    for name in SAMPLERS:
+        if steps == 1000 and name in ("k_dpmpp_2", "k_dpmpp_2_a"):
+            continue  # refused instead (next tests)
+        timesteps = plan_schedule(name, LEADING, steps, steps).timesteps
+        assert max(0.95 * 1000 * (1 - 1 / steps), 600) <= float(timesteps.max()) <= 999, (name, steps)
+
+
+@pytest.mark.parametrize("steps", [3, 10, 25, 30, 50, 70, 99, 100, 200, 250, 500])
+def test_step_counts_where_leading_spacing_works_keep_stock_timesteps(steps):
+    from invoke_repl.generator.core import plan_schedule
+
+    for name in SAMPLERS:
+        if name.startswith("k_dpmpp_2") and steps >= 100:
+            continue  # DPM-Solver's own leading rule (T // (N + 1)) breaks from 100 steps on
+        stock = SAMPLER_TABLE[name].cls.from_config(LEADING, **SAMPLER_TABLE[name].overrides)
+        stock.set_timesteps(steps)
+        assert torch.equal(plan_schedule(name, LEADING, steps, steps).timesteps, stock.timesteps), name
+
+
+@pytest.mark.parametrize(("sampler", "steps"), [("ddim", 1000), ("plms", 1000), ("k_lms", 1000), ("k_dpmpp_2", 999)])
+def test_the_largest_step_counts_make_a_finite_image(sampler, steps):
+    """1000 steps crashed DDIM/PLMS (timestep 1000 of 0..999) and made NaN, saved black, with k_lms/k_dpmpp_2."""
+    components = build_tiny_random()
+    components.scheduler_config = {**components.scheduler_config, "timestep_spacing": "leading"}  # as SD's own
+    request = Request(prompt="a", steps=steps, seed=1, width=16, height=16, sampler=sampler)
+    (result,) = list(generate(components, request, progress=False))
+    assert np.asarray(result.image).std() > 0
+
+
+def test_a_step_count_with_a_zero_width_step_is_refused_in_one_line():
+    from invoke_repl.request import RequestError
+
+    request = Request(prompt="a", steps=1000, seed=1, width=16, height=16, sampler="k_dpmpp_2")
+    with pytest.raises(RequestError, match="k_dpmpp_2 cannot take 1000 steps .*use fewer steps"):
+        list(generate(build_tiny_random(), request, progress=False))
+
+
+def test_nan_latents_are_an_error_not_a_black_image(monkeypatch):
+    from invoke_repl.generator.core import NumericalError
+
+    components = build_tiny_random()
+    real = components.unet.forward
+    monkeypatch.setattr(components.unet, "forward", lambda *a, **k: (real(*a, **k)[0] * float("nan"),))
+    request = Request(prompt="a", steps=3, seed=1, width=16, height=16, sampler="k_euler")
+    with pytest.raises(NumericalError, match="the sampler produced NaN"):
+        list(generate(components, request, progress=False))

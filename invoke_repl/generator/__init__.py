@@ -70,6 +70,22 @@ def resolve_requests(request: Request, model: str, size: tuple[int, int], seed: 
     return out
 
 
+def _check_init_size(image_size: tuple[int, int], size: tuple[int, int], request: Request) -> None:
+    """The size an init image would be diffused at must be one a line may ask for; say so in the image's terms
+    when it is the image's own size (or aspect ratio) that takes it out of range, not a -W/-H the user typed."""
+    from invoke_repl.request import MAX_SIZE, MIN_SIZE, RequestError
+
+    if all(MIN_SIZE <= side <= MAX_SIZE for side in size):
+        return
+    w, h = image_size
+    typed = " and ".join(f"-{k} {v}" for k, v in (("W", request.width), ("H", request.height)) if v is not None)
+    reason = f"with {typed} that makes {size[0]}×{size[1]}" if typed else f"that is {size[0]}×{size[1]} after flooring"
+    raise RequestError(
+        f"the init image is {w}×{h} px; {reason}, outside {MIN_SIZE}–{MAX_SIZE} px a side: "
+        "give -W and -H (with --fit to keep its shape) to resize it"
+    )
+
+
 def _default_batch(components: Components) -> int:
     # On a GPU, batch 1 mostly waits on kernel launches (issue 7: batch 4 costs 1.73 s vs 1.65 s for batch 1 on
     # an H200), so -n goes through the UNet 4 at a time. On the CPU batching buys little and would make an
@@ -112,6 +128,7 @@ def generate(
 
             init_image = load_init_image(request.init_img)  # type: ignore[arg-type]
         size = img2img.init_size(init_image.size, request.width, request.height, request.fit)
+        _check_init_size(init_image.size, size, request)  # before the VAE spends seconds encoding it
         init_latents = encode_image(components, img2img.fit_init_image(init_image, size))
     else:
         native_w, native_h = components.native_size

@@ -21,7 +21,7 @@ from invoke_repl.accel import unet_forward
 from invoke_repl.components import Components
 from invoke_repl.generator.events import Cancelled, StepInfo
 from invoke_repl.generator.samplers import make_scheduler, sampler_substitution, step_kwargs
-from invoke_repl.request import Request
+from invoke_repl.request import Request, RequestError
 
 __all__ = [
     "Cancelled",
@@ -137,6 +137,18 @@ def plan_schedule(sampler: str, scheduler_config: dict, steps: int, steps_taken:
         raise ValueError(f"steps_taken must be within 0..{steps}, got {steps_taken}")
     scheduler = make_scheduler(sampler, scheduler_config)
     scheduler.set_timesteps(steps, device="cpu")
+    if _broken_spacing(scheduler, steps):
+        scheduler = make_scheduler(sampler, {**scheduler_config, "timestep_spacing": "trailing"})
+        scheduler.set_timesteps(steps, device="cpu")
+    sigmas = getattr(scheduler, "sigmas", None)
+    if scheduler.order == 1 and isinstance(sigmas, torch.Tensor) and len(sigmas) > 2:
+        # A step of zero width divides by zero in DPM-Solver (NaN from there on): its 1000-step schedule on a
+        # 1000-timestep model repeats one timestep whatever the spacing.
+        if bool((torch.diff(sigmas[:-1].float()) >= 0).any()):
+            raise RequestError(
+                f"{sampler} cannot take {steps} steps on this model's {scheduler.config.num_train_timesteps}-timestep "
+                "schedule (two steps land on the same noise level); use fewer steps"
+            )
     skipped = steps - steps_taken
     if isinstance(scheduler, PNDMScheduler):
         timesteps = _plms_tail(scheduler.timesteps, steps_taken)
@@ -147,6 +159,24 @@ def plan_schedule(sampler: str, scheduler_config: dict, steps: int, steps_taken:
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(start)
     return Schedule(scheduler, timesteps, steps_taken, from_noise=skipped == 0)
+
+
+def _broken_spacing(scheduler: SchedulerMixin, steps: int) -> bool:
+    """Whether the config's timestep spacing breaks down at this step count, so "trailing" must stand in.
+
+    SD's configs ask for "leading" spacing (timesteps k·⌊T/N⌋ + offset), which is fine where ⌊T/N⌋ is close to
+    T/N. Elsewhere it is not (T = 1000, audit 2026-11-28, embedded model): at N = 1 the only timestep is 1, so the
+    image is decoded noise; past N = 100 the floor starts the schedule well below T (N = 600: at t = 600, from pure
+    noise, visibly noisy); at N = 1000 DDIM and PLMS index past the schedule's end, and DPM++ 2M's own variant of
+    the rule makes every timestep 1, a NaN image. "Trailing" spacing ends at T − 1 for every N. A schedule that
+    starts within 5 % of where leading spacing means to start (T·(1 − 1/N)), and inside [0.6·T, T − 1], is kept, so
+    the step counts people use (3 to 100 with every sampler but k_dpmpp_2) give exactly stock diffusers' images.
+    """
+    train = int(scheduler.config.num_train_timesteps)
+    if len(scheduler.timesteps) == 0:
+        return False
+    first = float(scheduler.timesteps.max())
+    return first > train - 1 or first < max(0.95 * train * (1 - 1 / steps), 0.6 * train)
 
 
 def _plms_tail(full: torch.Tensor, n: int) -> torch.Tensor:
@@ -274,6 +304,10 @@ def _progress_bar(total: int, images: tuple[int, ...], iterations: int, enabled:
     return tqdm(total=total, desc=f"{label}/{iterations}", unit="step", file=sys.stderr, leave=False)
 
 
+class NumericalError(RuntimeError):
+    """The numbers went bad (NaN/inf): a one-line error instead of a black image."""
+
+
 # --- VAE -----------------------------------------------------------------------------------------------------
 
 
@@ -298,5 +332,11 @@ def decode_latents(components: Components, latents: torch.Tensor) -> list[Image.
     with torch.no_grad():
         pixels = vae.decode(latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor).sample
     pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+    if not np.isfinite(pixels).all():  # NaN would be saved as a black image, with only a numpy warning
+        where = "the sampler" if not bool(torch.isfinite(latents).all()) else "the VAE decode"
+        raise NumericalError(
+            f"{where} produced NaN (not-a-number) values, so there is no image to save; "
+            "try --precision float32, another sampler or another step count"
+        )
     array = (pixels * 255).round().astype(np.uint8)
     return [Image.fromarray(a, "RGB") for a in array]

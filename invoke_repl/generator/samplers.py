@@ -164,8 +164,23 @@ def make_scheduler(name: str, scheduler_config: dict[str, Any]) -> SchedulerMixi
     if prototype is None:
         if len(_PROTOTYPES) >= 64:
             _PROTOTYPES.clear()
-        prototype = _PROTOTYPES[key] = spec.cls.from_config(scheduler_config, **spec.overrides)
+        overrides = {**_plain_sigmas(spec.cls), **spec.overrides}
+        prototype = _PROTOTYPES[key] = spec.cls.from_config(scheduler_config, **overrides)
     return copy.deepcopy(prototype)
+
+
+# Sigma-spacing switches a model's own scheduler config may set (one saved from a "DPM++ 2M Karras" pipeline has
+# use_karras_sigmas: true). The model's config is read for its beta schedule; these belong to the sampler the user
+# names, so every sampler sets them: off, and on only in the `_karras` variants. Left to the config, k_euler on
+# such a model ran k_euler_karras's schedule (pixel for pixel, audit 2026-11-28) under k_euler's name.
+_SIGMA_SPACINGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
+
+
+def _plain_sigmas(cls: type[SchedulerMixin]) -> dict[str, bool]:
+    import inspect
+
+    accepted = inspect.signature(cls.__init__).parameters
+    return {key: False for key in _SIGMA_SPACINGS if key in accepted}
 
 
 def sampler_substitution(name: str) -> str | None:
