@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_loaded_models < 1:
         print("invoke-repl: --max-loaded-models must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    if args.model is not None:
+        problem = _unknown_start_model(args)
+        if problem:
+            print(f"invoke-repl: --model {args.model}: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     outdir = args.outdir if args.outdir is not None else default_outdir()
     scripted = args.from_file is not None or not sys.stdin.isatty()
     session = Session(
@@ -91,6 +96,21 @@ def main(argv: list[str] | None = None) -> int:
     if scripted:
         return run_script(session, args)
     return run_terminal(session, args)
+
+
+def _unknown_start_model(args: argparse.Namespace) -> str | None:
+    """Why `--model NAME` cannot be the start model, if the catalogue says it is not there; checked before anything
+    runs, since a script that asked for one model must not make its images with another. A catalogue that cannot be
+    read is left for the session to report (its lines can still repair it)."""
+    from invoke_repl.catalogue import Catalogue, ModelError
+
+    try:
+        catalogue = Catalogue.find(args.models)
+    except ModelError:
+        return None
+    if args.model in catalogue.entries:
+        return None
+    return f"no model named {args.model!r} in {catalogue.source} (known: {', '.join(catalogue.entries) or 'none'})"
 
 
 def run_script(session: Session, args: argparse.Namespace) -> int:
@@ -131,7 +151,7 @@ def run_terminal(session: Session, args: argparse.Namespace) -> int:
     def warn(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    history = CommandHistory(args.history_file or default_history_file(), warn)
+    history = CommandHistory(args.history_file or default_history_file(), warn, owned=args.history_file is None)
     # Load torch, diffusers and the default model while the user types the first line.
     threading.Thread(target=_warm_up, args=(session,), daemon=True, name="invoke-repl-warm-up").start()
     return run_interactive(session, history)

@@ -397,6 +397,9 @@ def _parse_bang(text: str) -> BangCommand:
 _QUOTES = "\"'"
 _ESCAPABLE = "\\\"'[]"
 _INVOKE_PREFIX = re.compile(r"^(?:\(?[^\s\"'()]+\)?\s+)?invoke>\s*")
+# What the REPL prints after an image and writes to invoke_log.txt: `[N] PATH: LINE`. Replaying the log, or
+# pasting a transcript, runs LINE (before, "[1]" became a negative prompt and the path part of the prompt).
+_RESULT_PREFIX = re.compile(r"^\[\d+\]\s+\S.*?\.png:\s+", re.IGNORECASE)
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NOT_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
@@ -740,8 +743,9 @@ def parse(line: str, dialect: str = "guide", notices: list[str] | None = None) -
     _check_dialect(dialect)
     if not isinstance(line, str):
         raise ParseError("a command line must be text")
-    text = line.replace("\t", " ").strip()
+    text = line.replace("\t", " ").strip().lstrip("\ufeff").strip()  # a BOM: files saved by Windows editors
     text = _INVOKE_PREFIX.sub("", text, count=1).strip()
+    text = _RESULT_PREFIX.sub("", text, count=1)
     if not text or text.startswith("#"):
         return None
     bad = control_character(text)

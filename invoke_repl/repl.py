@@ -41,15 +41,18 @@ def default_history_file() -> Path:
 class CommandHistory(History):
     """One command per line in a plain UTF-8 file, appended as each command is accepted.
 
-    A pasted block is split so each line is its own entry. A history file that cannot be read (not UTF-8, binary
-    junk, a directory in its place) is renamed aside with a warning; one that cannot be written turns the history
-    into memory-only with a warning. Neither ever stops the session.
+    A pasted block is split so each line is its own entry. A history file that cannot be read is renamed aside
+    with a warning when it is ours (the default path) or binary junk (NUL bytes: a crash's leftovers); a directory,
+    or a text file in another encoding that the user named with --history-file, is left as it is and the history
+    stays in memory, with a warning. One that cannot be written turns the history into memory-only with a warning.
+    None of it ever stops the session.
     """
 
-    def __init__(self, path: Path | None, warn: Callable[[str], None]) -> None:
+    def __init__(self, path: Path | None, warn: Callable[[str], None], *, owned: bool = False) -> None:
         super().__init__()
         self.path = path
         self.warn = warn
+        self.owned = owned  # the default history file: ours to set aside when it is broken
         self._writable = path is not None
 
     def load_history_strings(self) -> Iterable[str]:
@@ -59,13 +62,25 @@ class CommandHistory(History):
         """Oldest first."""
         if self.path is None or not os.path.lexists(self.path):
             return []
+        if self.path.is_dir():  # never moved: a mistyped --history-file ~/projects must not rename the folder
+            self._writable = False
+            self.warn(f"warning: history file {self.path} is a directory; history is kept in memory only")
+            return []
         try:
             data = self.path.read_bytes()
             if b"\x00" in data:
                 raise UnicodeDecodeError("utf-8", data, 0, 1, "NUL byte")
             text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            self._set_aside(exc)
+            junk = isinstance(exc, UnicodeDecodeError) and exc.reason == "NUL byte"
+            if self.owned or junk:
+                self._set_aside(exc)
+            else:
+                self._writable = False
+                self.warn(
+                    f"warning: history file {self.path} is unreadable ({_reason(exc)}); left as it is, "
+                    "history is kept in memory only"
+                )
             return []
         return [line for line in text.splitlines() if line.strip()]
 
@@ -111,7 +126,7 @@ class InvokeCompleter(Completer):
 
     def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterator[Completion]:
         text = document.text_before_cursor
-        words = text.split(" ")
+        words = _words(text)
         current = words[-1]
         previous = words[-2] if len(words) >= 2 else ""
         first = words[0] if words else ""
@@ -146,9 +161,48 @@ class InvokeCompleter(Completer):
         elif switch in IMAGE_SWITCHES:
             yield from self._paths(value, document)
 
-    def _paths(self, value: str, document: Document) -> Iterator[Completion]:
+    def _paths(self, raw: str, document: Document) -> Iterator[Completion]:
+        """Paths, quoted where the parser needs quotes: a name with a space comes back as `"my dir/` (a folder,
+        left open so the next Tab goes on inside it) or `"my dir/fire.png"` (a file, closed), replacing the word.
+        A word already opened with a quote is completed inside it."""
+        quote = raw[:1] if raw[:1] in _QUOTES else ""
+        value = raw[len(quote) :]
         sub = Document(value, len(value))
-        yield from self.paths.get_completions(sub, CompleteEvent(completion_requested=True))
+        for found in self.paths.get_completions(sub, CompleteEvent(completion_requested=True)):
+            full = value[: len(value) + found.start_position] + found.text
+            if not quote and " " not in full:
+                yield found
+                continue
+            mark = quote or '"'
+            if os.path.isdir(os.path.expanduser(full)):
+                full, closing = full.rstrip(os.sep) + os.sep, ""
+            else:
+                closing = mark
+            yield Completion(mark + full + closing, start_position=-len(raw), display=found.display)
+
+
+_QUOTES = "\"'"
+
+
+def _words(text: str) -> list[str]:
+    """`text` split at spaces as the parser splits it: a quote opens only at the start of a word (so `dog's` is one
+    word) and a quoted word keeps its spaces and its quotes; the last word may be an unclosed quoted one."""
+    words: list[str] = []
+    current, quote = "", ""
+    for char in text:
+        if quote:
+            current += char
+            if char == quote:
+                quote = ""
+        elif char == " ":
+            words.append(current)
+            current = ""
+        else:
+            if not current and char in _QUOTES:
+                quote = char
+            current += char
+    words.append(current)
+    return words
 
 
 def _attached(word: str) -> tuple[str, str] | None:
@@ -178,7 +232,7 @@ def prompt_text(session: Session) -> str:
 
 def run_interactive(session: Session, history: CommandHistory, **prompt_options: Any) -> int:
     """Loop until Ctrl-D or !quit; returns the exit status (always 0: errors were shown and survived)."""
-    session.history[:0] = history.read_lines()
+    session.history[:0] = [line for line in history.read_lines() if session.keeps_in_history(line)]
     prompt: PromptSession[str] = PromptSession(
         history=history,
         auto_suggest=AutoSuggestFromHistory(),

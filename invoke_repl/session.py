@@ -120,9 +120,8 @@ class Session:
             self._say(notice)
         if parsed is None:
             return Outcome()
-        stripped = line.strip()
-        if not (isinstance(parsed, BangCommand) and parsed.name in ("recall", "history")):
-            self.history.append(stripped)
+        if _remembered(parsed):
+            self.history.append(line.strip())
         try:
             if isinstance(parsed, BangCommand):
                 return self._bang(parsed)
@@ -139,6 +138,14 @@ class Session:
         if out_of_memory:
             self._free_memory()
         return failed
+
+    def keeps_in_history(self, line: str) -> bool:
+        """Whether `run_line` would number `line` in the history (`!NN`, `!history`): a history file read back at
+        start-up is filtered the same way, so a line keeps its number after a restart."""
+        try:
+            return _remembered(parse(line, self.dialect))
+        except (ParseError, RequestError):
+            return False
 
     def run_lines(self, lines: Iterable[str], source: str | None = None) -> tuple[int, bool]:
         """Scripted mode: every line is a command; errors go to `err` as `line N: message`.
@@ -360,6 +367,8 @@ class Session:
         if not args:
             return Outcome(ok=False, error="!fetch needs a PNG file made by invoke-repl, InvokeAI or AUTOMATIC1111")
         path = Path(_unquote(args)).expanduser()
+        if path.exists() and not path.is_file():
+            return Outcome(ok=False, error=f"!fetch: {path} is not a file (a PNG made by invoke-repl or another tool)")
         if not path.is_file():
             return Outcome(ok=False, error=f"!fetch: no such file: {path}")
         request = read_request(path)
@@ -481,6 +490,11 @@ def _options(words: list[str], spec: dict[str, type]) -> dict[str, Any]:
                 raise RequestError(f"{key} needs a value")
         index += 1
     return found
+
+
+def _remembered(parsed: Request | BangCommand | None) -> bool:
+    """Lines that get a history number: not blank or `#` lines, not the history commands themselves."""
+    return parsed is not None and not (isinstance(parsed, BangCommand) and parsed.name in ("recall", "history"))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -167,3 +167,24 @@ def test_commands_without_generation_do_not_import_torch(workdir: Path) -> None:
     )
     assert "NO-TORCH 0" in result.stderr, result.stderr
     assert "dialect: legacy" in result.stdout
+
+
+def test_replaying_the_log_and_a_bom_script_run_their_lines(workdir: Path) -> None:
+    """`!replay invoke_log.txt` runs the logged lines (not "[1] PATH: …" as a prompt), and a script saved with a
+    byte-order mark still treats its first line as the comment or command it is."""
+    first = run_cli(["--outdir", "D", "--no-progress"], workdir, stdin='"a red circle" -S3 --seed 3\n')
+    assert first.returncode == 0, first.stderr
+    script = workdir / "bom.txt"
+    script.write_bytes(b"\xef\xbb\xbf# my script\r\n!replay D/invoke_log.txt\r\n")
+    result = run_cli(["--outdir", "D", "--no-progress", "--from-file", "bom.txt"], workdir)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    assert line.startswith('[1] D/000002.3.png: "a red circle" --steps 3 --seed 3 '), line
+    assert np.array_equal(_pixels(workdir / "D" / "000001.3.png"), _pixels(workdir / "D" / "000002.3.png"))
+
+
+def test_an_unknown_start_model_stops_before_any_line_runs(workdir: Path) -> None:
+    result = run_cli(["--outdir", "D", "--no-progress", "--model", "nonexist"], workdir, stdin='"x" -S2 --seed 1\n')
+    assert result.returncode == 2
+    assert "--model nonexist: no model named 'nonexist'" in result.stderr and "known: tiny-random" in result.stderr
+    assert not (workdir / "D").exists()

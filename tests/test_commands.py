@@ -310,3 +310,13 @@ def test_the_module_never_imports_torch() -> None:
     source = open(commands.__file__, encoding="utf-8").read()
     for heavy in ("torch", "diffusers", "PIL"):
         assert f"import {heavy}" not in source and f"from {heavy}" not in source
+
+
+def test_result_lines_and_byte_order_marks_parse_as_the_line_they_carry() -> None:
+    line = '"a red circle" --steps 5 --seed 3 --sampler k_lms'
+    assert parse(f"[12] outputs/000012.3.png: {line}") == parse(line)
+    assert parse(f"[1] my dir/x.PNG: {line}") == parse(line)
+    assert parse(f"\ufeff{line}") == parse(line)
+    assert parse("\ufeff# a comment") is None
+    assert parse("\ufeff!dialect legacy").name == "dialect"
+    assert parse("[1] a red circle").negative == "1"  # no path: an ordinary prompt with a negative part

@@ -62,3 +62,18 @@ def test_seeds_used_in_this_session_newest_first() -> None:
 
 def test_pasted_block_splits_into_lines() -> None:
     assert split_commands('"a" -S5\r\ninvoke> "b" -S6\r"c"') == ['"a" -S5', 'invoke> "b" -S6', '"c"']
+
+
+def test_paths_with_spaces_complete_quoted_and_go_on_inside_the_quotes(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my dir").mkdir()
+    (tmp_path / "my dir" / "fire drawing.png").write_bytes(b"")
+    session = _session()
+    assert _complete(session, '"x" -S2 -I my') == ['"my dir/']  # a folder: the quote stays open
+    assert _complete(session, '"x" -S2 -I "my dir/fi') == ['"my dir/fire drawing.png"']
+    assert _complete(session, '!fetch "my dir/') == ['"my dir/fire drawing.png"']
+    assert _complete(session, "a dog's life -I my") == ['"my dir/']  # an apostrophe inside a word opens nothing
+    # What the completion makes is a line the parser reads back with the whole path as the init image.
+    from invoke_repl.commands import parse
+
+    assert parse('"x" -S2 -I "my dir/fire drawing.png"').init_img == "my dir/fire drawing.png"

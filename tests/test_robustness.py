@@ -405,13 +405,31 @@ def test_unwritable_history_file_warns_once_and_goes_on(tmp_path: Path, monkeypa
     assert list(denied.get_strings()) == ["!dialect", "!help"]
 
 
-def test_history_path_is_a_directory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("owned", [False, True])
+def test_history_path_is_a_directory_left_where_it_is(tmp_path: Path, owned: bool) -> None:
     warnings: list[str] = []
     (tmp_path / "history").mkdir()
-    history = CommandHistory(tmp_path / "history", warnings.append)
+    (tmp_path / "history" / "notes.txt").write_text("mine")
+    history = CommandHistory(tmp_path / "history", warnings.append, owned=owned)
     assert history.read_lines() == []
     history.append_string("!dialect")
-    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert len(warnings) == 1 and "is a directory" in warnings[0] and "\n" not in warnings[0]
+    assert (tmp_path / "history" / "notes.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["history"]  # nothing renamed
+
+
+def test_a_named_history_file_in_another_encoding_is_left_alone(tmp_path: Path) -> None:
+    """--history-file pointing at the user's Latin-1 notes: not ours to move; the default file, or junk, is."""
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes("café au lait\n".encode("latin-1"))
+    warnings: list[str] = []
+    history = CommandHistory(notes, warnings.append)
+    assert history.read_lines() == []
+    history.append_string("!dialect")
+    assert notes.read_bytes() == "café au lait\n".encode("latin-1")
+    assert len(warnings) == 1 and "left as it is" in warnings[0]
+    owned = CommandHistory(notes, warnings.append, owned=True)
+    assert owned.read_lines() == [] and not notes.exists() and list(tmp_path.glob("notes.txt.corrupt-*"))
 
 
 def test_unwritable_log_is_a_warning_and_the_image_is_kept(manager: Any, tmp_path: Path) -> None:
@@ -423,3 +441,32 @@ def test_unwritable_log_is_a_warning_and_the_image_is_kept(manager: Any, tmp_pat
     assert "warning: could not append to the log" in warning and warning.count("\n") == 1
     assert path.parent == out
     goes_on(session)
+
+
+def test_history_numbers_are_the_same_after_a_restart(manager: Any, tmp_path: Path) -> None:
+    """`!NN` numbers the lines run_line remembers; the history file holds every line typed, so reading it back at
+    start-up must drop the same ones (blank, #, !history, !NN), or !1 recalls another line after a restart."""
+    typed = ["!dialect legacy", "# a note", "!history", "!dialect guide", "!1", "!help", "-s50 bad under guide"]
+    first = make_session(manager, tmp_path / "out")
+    for line in typed:
+        first.run_line(line)
+    restarted = make_session(manager, tmp_path / "out")
+    assert [line for line in typed if restarted.keeps_in_history(line)] == first.history
+    assert first.history == ["!dialect legacy", "!dialect guide", "!help"]
+
+
+def test_fetch_of_a_folder_says_it_is_not_a_file(manager: Any, tmp_path: Path) -> None:
+    session = make_session(manager, tmp_path / "out")
+    (tmp_path / "pictures").mkdir()
+    one_line_error(session.run_line(f"!fetch {tmp_path / 'pictures'}"), "is not a file")
+
+
+def test_a_lora_in_the_prompt_is_refused_not_silently_dropped(manager: Any, tmp_path: Path) -> None:
+    session = make_session(manager, tmp_path / "out")
+    for line in (
+        '"withLora(foo)" -S2 --seed 1',
+        '"withLora(foo, 0.5) a cat" -S2 --seed 1',
+        '"a" --negative "withLora(x)" -S1',
+    ):
+        one_line_error(session.run_line(line), "withLora(...) asks for a LoRA")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.png"))

@@ -28,6 +28,12 @@ def encode_prompts(components: Components, prompt: str, negative: str = "") -> t
     if plain[0] is not None and plain[1] is not None:
         return plain[0].to(**target), plain[1].to(**target)
 
+    for text in (prompt, negative):
+        if _LORA.search(text):
+            raise PromptError(
+                "withLora(...) asks for a LoRA, and invoke-repl loads none, so the image would be made without it; "
+                "remove withLora(...) from the prompt"
+            )
     from compel import Compel
 
     encoder = components.text_encoder
@@ -39,10 +45,21 @@ def encode_prompts(components: Components, prompt: str, negative: str = "") -> t
         device=str(encoder.device),
     )
     with torch.no_grad():
-        cond = compel(prompt)
-        uncond = compel(negative)
+        try:
+            cond = compel(prompt)
+            uncond = compel(negative)
+        except Exception as exc:  # compel's grammar errors come as bare IndexError/ValueError/pyparsing errors
+            detail = " ".join(str(exc).split())[:120] or type(exc).__name__
+            raise PromptError(f"cannot read the prompt's weighting syntax ({type(exc).__name__}: {detail})") from exc
         cond, uncond = compel.pad_conditioning_tensors_to_same_length([cond, uncond])
     return cond.to(**target), uncond.to(**target)
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be turned into conditioning, said in one line."""
+
+
+_LORA = re.compile(r"withLora\s*\(", re.IGNORECASE)
 
 
 # Words, digits, spaces and commas only: nothing compel's grammar gives a meaning to (weights, blends, escapes).
