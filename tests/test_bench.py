@@ -63,7 +63,10 @@ def test_every_gpu_scenario_runs_end_to_end_on_a_dry_run(tmp_path, capsys):
         assert result.ours_s > 0 and result.stock_s > 0 and result.extra["eager_s"] > 0
         assert "max pixel diff vs eager 0" in result.notes  # graphs (here passthrough) change no pixel
         assert "compile failed" not in by_name[name + "+compiled"].notes
-    assert by_name["gpu_txt2img_k_euler"].notes.endswith("vs stock 0")  # same seed, same sampler: stock's pixels
+    # Same seed, same sampler: stock's pixels, up to rounding. channels_last convolutions round differently from
+    # contiguous ones on some CPUs (oneDNN picks its kernels by CPU features): 1 level in 255 on 2026-11-28's
+    # machine, 0 on earlier ones and with INVOKE_REPL_CHANNELS_LAST=0. A wrong seed or sampler differs by far more.
+    assert int(by_name["gpu_txt2img_k_euler"].notes.rsplit("vs stock ", 1)[1]) <= 1
     assert by_name["gpu_cold_start"].ours_s > 0 and by_name["gpu_cold_start"].stock_s > 0
     assert by_name["gpu_switch"].ours_s >= 0 and by_name["gpu_load_fp16_folder"].stock_s > 0
     assert "disk cache warm: ready" in by_name["gpu_compile_cache"].notes
