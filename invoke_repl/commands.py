@@ -399,7 +399,7 @@ _ESCAPABLE = "\\\"'[]"
 _INVOKE_PREFIX = re.compile(r"^(?:\(?[^\s\"'()]+\)?\s+)?invoke>\s*")
 # What the REPL prints after an image and writes to invoke_log.txt: `[N] PATH: LINE`. Replaying the log, or
 # pasting a transcript, runs LINE (before, "[1]" became a negative prompt and the path part of the prompt).
-_RESULT_PREFIX = re.compile(r"^\[\d+\]\s+\S.*?\.png:\s+", re.IGNORECASE)
+_RESULT_PREFIX = re.compile(r"^\[\d+\]\s+\S.*?\.png:\s+(?=\")", re.IGNORECASE)  # LINE starts with its quoted prompt
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NOT_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
@@ -563,6 +563,31 @@ def _tokens(s: str, i: int) -> list[_Token]:
         else:
             value, _, i = _read_value_word(s, i)
             tokens.append(_Token(value))
+
+
+_DASHED = re.compile(r"(?<!\S)[\u2013\u2014]{1,2}([A-Za-z][\w-]*)")
+
+
+def _typographic_dashes(text: str, notices: list[str] | None) -> str:
+    """`–seed 5` → `--seed 5`: editors and chat apps turn a typed "--" into an en or em dash, and the line would
+    otherwise run with that switch as part of a bare prompt (here: a random seed). Only a dash directly before a
+    long switch's name counts, and never inside a quoted prompt."""
+    start = 0
+    if text and text[0] in _QUOTES:
+        try:
+            _, start = _scan_quoted(text, 0, lambda j: True, "prompt")
+        except ParseError:
+            return text  # the parser reports the unclosed quote
+
+    def fix(match: re.Match[str]) -> str:
+        name = "--" + match.group(1).lower().replace("_", "-")
+        if name not in _LONG:
+            return match.group(0)
+        if notices is not None:
+            notices.append(f"read {match.group(0)} as {name} (a typographic dash)")
+        return "--" + match.group(1)
+
+    return text[:start] + _DASHED.sub(fix, text[start:])
 
 
 def _split_prompt(s: str) -> tuple[str, str, int]:
@@ -746,6 +771,7 @@ def parse(line: str, dialect: str = "guide", notices: list[str] | None = None) -
     text = line.replace("\t", " ").strip().lstrip("\ufeff").strip()  # a BOM: files saved by Windows editors
     text = _INVOKE_PREFIX.sub("", text, count=1).strip()
     text = _RESULT_PREFIX.sub("", text, count=1)
+    text = _typographic_dashes(text, notices)
     if not text or text.startswith("#"):
         return None
     bad = control_character(text)
@@ -788,6 +814,9 @@ def parse(line: str, dialect: str = "guide", notices: list[str] | None = None) -
         else:
             values[switch.field] = value
     values["negative"] = ", ".join(part for part in (negative, switch_negative or "") if part)
+    unused = [name for name, field in (("--strength", "strength"), ("--fit", "fit")) if values.get(field)]
+    if unused and values.get("init_img") is None and notices is not None:
+        notices.append(f"{' and '.join(unused)} only act on an init image (-I); this line is txt2img")
     try:
         return Request(prompt=prompt, **values)  # type: ignore[arg-type]
     except RequestError as exc:

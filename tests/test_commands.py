@@ -316,7 +316,33 @@ def test_result_lines_and_byte_order_marks_parse_as_the_line_they_carry() -> Non
     line = '"a red circle" --steps 5 --seed 3 --sampler k_lms'
     assert parse(f"[12] outputs/000012.3.png: {line}") == parse(line)
     assert parse(f"[1] my dir/x.PNG: {line}") == parse(line)
+    assert parse(f"[3] out.png: v2/000003.3.png: {line}") == parse(line)  # a folder named like an image
     assert parse(f"\ufeff{line}") == parse(line)
     assert parse("\ufeff# a comment") is None
     assert parse("\ufeff!dialect legacy").name == "dialect"
     assert parse("[1] a red circle").negative == "1"  # no path: an ordinary prompt with a negative part
+
+
+def test_typographic_dashes_before_a_switch_name_are_read_as_two_hyphens() -> None:
+    notices: list[str] = []
+    request = parse("a cat \u2013seed 5 \u2014steps=12", notices=notices)
+    assert (request.prompt, request.seed, request.steps) == ("a cat", 5, 12)
+    assert notices == [
+        "read \u2013seed as --seed (a typographic dash)",
+        "read \u2014steps as --steps (a typographic dash)",
+    ]
+    notices.clear()
+    # A dash in the prompt's own text, a dash before a word that is no switch, and quoted prompts stay as typed.
+    assert parse("a bird \u2013 flying \u2013high", notices=notices).prompt == "a bird \u2013 flying \u2013high"
+    assert parse('"a cat \u2013seed 5" --steps 3', notices=notices).prompt == "a cat \u2013seed 5"
+    assert notices == []
+
+
+def test_strength_or_fit_without_an_init_image_says_it_does_nothing() -> None:
+    notices: list[str] = []
+    parse('"x" -s0.7 -T', notices=notices)
+    assert notices == ["--strength and --fit only act on an init image (-I); this line is txt2img"]
+    notices.clear()
+    parse('"x" -s0.7 -I a.png', notices=notices)
+    parse('"x" -S10', notices=notices)
+    assert notices == []
