@@ -39,7 +39,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -227,21 +227,22 @@ def read_chunks(path: Path) -> dict[str, str]:
     return found
 
 
-def read_request(path: Path) -> Request:
-    """The request recorded in a PNG by us, InvokeAI 2.x or AUTOMATIC1111 (see `request_from_chunks`)."""
+def read_request(path: Path, notices: list[str] | None = None) -> Request:
+    """The request recorded in a PNG by us, InvokeAI 2.x or AUTOMATIC1111 (see `request_from_chunks`); `notices`
+    collects what could not be carried over exactly (a sampler or schedule invoke-repl does not have)."""
     path = Path(path)
     try:
-        return request_from_chunks(read_chunks(path))
+        return request_from_chunks(read_chunks(path), notices)
     except MetadataError as exc:
         message = str(exc)
         raise MetadataError(message if message.startswith(str(path)) else f"{path}: {message}") from exc
 
 
-def request_from_chunks(chunks: Mapping[str, str]) -> Request:
+def request_from_chunks(chunks: Mapping[str, str], notices: list[str] | None = None) -> Request:
     """Prefer sd-metadata, then Dream, then parameters; the first failure is reported if none works."""
-    readers = {
-        SD_METADATA_KEY: lambda text: request_from_sd_metadata(json.loads(text)),
-        DREAM_KEY: request_from_dream,
+    readers: dict[str, Callable[[str, list[str]], Request]] = {
+        SD_METADATA_KEY: lambda text, said: request_from_sd_metadata(json.loads(text), said),
+        DREAM_KEY: lambda text, said: request_from_dream(text),
         PARAMETERS_KEY: request_from_parameters,
     }
     first_error: str | None = None
@@ -249,14 +250,35 @@ def request_from_chunks(chunks: Mapping[str, str]) -> Request:
         text = chunks.get(key)
         if text is None:
             continue
+        said: list[str] = []  # only the notices of the reader whose request is used
         try:
-            return readers[key](text)
+            request = readers[key](text, said)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             if first_error is None:
                 first_error = f"unusable {key} metadata: {_one_line(exc)}"
+            continue
+        if key == SD_METADATA_KEY and request.strength is not None and request.init_img is None:
+            request = _init_img_from_dream(request, chunks.get(DREAM_KEY))
+        if notices is not None:
+            notices.extend(said)
+        return request
     if first_error is not None:
         raise MetadataError(first_error)
     raise MetadataError("no generation metadata (Dream, sd-metadata or parameters) in this PNG")
+
+
+def _init_img_from_dream(request: Request, dream: str | None) -> Request:
+    """InvokeAI 2.x's sd-metadata writer lost the init image's path (a missing comma in its source) while its Dream
+    line kept `-I PATH`: take the path from there when that line describes the same image (same seed)."""
+    if not dream:
+        return request
+    try:
+        other = request_from_dream(dream)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return request
+    if other.init_img and other.seed == request.seed:
+        return request.replace(init_img=other.init_img)
+    return request
 
 
 def _one_line(exc: BaseException) -> str:
@@ -269,6 +291,7 @@ def _one_line_text(text: str) -> str:
     other control characters are dropped. Text that is already one clean line is returned exactly."""
     if control_character(text) is None:
         return text
+    text = text.replace("\t", " ")  # a tab separates words like a space (dropping it glued them together)
     joined = " ".join(part.strip() for part in text.splitlines() if part.strip())
     return "".join(c for c in joined if unicodedata.category(c) not in ("Cc", "Cs", "Zl", "Zp"))
 
@@ -303,12 +326,23 @@ def _repack_prompt(value: Any) -> str:
     return f"({texts}).blend({weights})"
 
 
-def _sampler(name: Any) -> str:
-    """Our sampler for a name in our spelling or A1111's; an unknown one falls back to the default (editable)."""
+def _sampler(name: Any, notices: list[str] | None = None) -> str | None:
+    """Our sampler for a name in our spelling or A1111's (any case). An unknown one falls back to the default, and
+    a notice says so: the fetched line is editable, but a silent swap would make a different image. None: the
+    metadata names no sampler."""
     text = str(name or "").strip()
-    if text in SAMPLERS:
-        return text
-    return A1111_TO_SAMPLER.get(text.lower(), DEFAULT_SAMPLER)
+    if not text:
+        return None
+    if text.lower() in SAMPLERS:
+        return text.lower()
+    known = A1111_TO_SAMPLER.get(text.lower())
+    if known is not None:
+        return known
+    if notices is not None:
+        notices.append(
+            f"the PNG's sampler {text!r} is not one invoke-repl has; the line uses {DEFAULT_SAMPLER} (edit --sampler)"
+        )
+    return None
 
 
 def _variations(value: Any) -> tuple[tuple[int, float], ...]:
@@ -331,7 +365,7 @@ def _build(source: str, **fields: Any) -> Request:
         raise MetadataError(f"{source}: {exc}") from exc
 
 
-def request_from_sd_metadata(meta: Mapping[str, Any]) -> Request:
+def request_from_sd_metadata(meta: Mapping[str, Any], notices: list[str] | None = None) -> Request:
     """InvokeAI 2.x ``sd-metadata`` (``image``, a grid's ``images`` list, or the older flat layout), or ours."""
     if not isinstance(meta, Mapping):
         raise MetadataError("sd-metadata is not a JSON object")
@@ -365,7 +399,7 @@ def request_from_sd_metadata(meta: Mapping[str, Any]) -> Request:
         "seed": _opt_int(image.get("seed")),
         "with_variations": _variations(image.get("variations")),
         "variation_amount": float(image.get("variation_amount", 0.0) or 0.0),
-        "sampler": _sampler(image.get("sampler", image.get("sampler_name"))),
+        "sampler": _sampler(image.get("sampler", image.get("sampler_name")), notices) or DEFAULT_SAMPLER,
         "width": _opt_int(image.get("width")),
         "height": _opt_int(image.get("height")),
         "fit": bool(image.get("fit", False)),
@@ -424,14 +458,22 @@ def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(prompt_lines), "\n".join(negative_lines), settings
 
 
-def request_from_parameters(text: str) -> Request:
+def request_from_parameters(text: str, notices: list[str] | None = None) -> Request:
     """An AUTOMATIC1111 ``parameters`` chunk (ours or A1111's) as a Request."""
     prompt, negative, s = parse_parameters(text)
     if "Steps" not in s and "Seed" not in s:
         raise MetadataError("parameters has no Steps/Seed settings line")
-    sampler = _sampler(s.get("Sampler"))
-    if s.get("Schedule type", "").lower() == "karras" and f"{sampler}_karras" in SAMPLERS:
-        sampler = f"{sampler}_karras"
+    said: list[str] = []
+    sampler = _sampler(s.get("Sampler"), said)
+    schedule = str(s.get("Schedule type", "")).strip()
+    if sampler is not None and schedule.lower() not in ("", "automatic", "uniform"):
+        if schedule.lower() == "karras" and f"{sampler}_karras" in SAMPLERS:
+            sampler = f"{sampler}_karras"
+        elif not sampler.endswith("_karras") or schedule.lower() != "karras":
+            said.append(f"the PNG's schedule type {schedule!r} is not available for {sampler}; the line uses its own")
+    if notices is not None:
+        notices.extend(said)
+    sampler = sampler or DEFAULT_SAMPLER
     width = height = None
     if "Size" in s:
         w, _, h = s["Size"].lower().partition("x")

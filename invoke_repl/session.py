@@ -202,6 +202,7 @@ class Session:
             self._told.add(note)
             self._say(note)
         prefix = outputs.reserve_prefix(outdir)
+        first_prefix: int | None = None
         made: list[Any] = []
         try:
             for generated in generate(
@@ -215,17 +216,33 @@ class Session:
                 path = outputs.save_image(
                     outdir, prefix, generated, model_hash=components.sha256, app_version=__version__
                 )
-                if request.save_steps and generated.previews:
-                    outputs.save_steps_strip(outdir, prefix, generated)
+                # Another process took this prefix for the same seed: the rest of the command (and its grid)
+                # follows the bump, so one command's images still share one prefix.
+                prefix = outputs.prefix_of(path)
+                first_prefix = prefix if first_prefix is None else first_prefix
                 made.append(generated)
-                self._announce(outdir, path, generated)
+                self._announce(outdir, path, generated)  # saved is said at once, whatever happens to its strip
+                if request.save_steps:
+                    self._save_strip(outdir, prefix, path, generated)
         except Cancelled as exc:
-            self._finish_grid(outdir, prefix, request, made)
+            self._finish_grid(outdir, first_prefix, request, made)
             raise GenerationCancelled() from exc
         finally:
             self._compile_notices(components)
-        self._finish_grid(outdir, prefix, request, made)
+        self._finish_grid(outdir, first_prefix, request, made)
         return Outcome(images=len(made))
+
+    def _save_strip(self, outdir: Path, prefix: int, path: Path, generated: Any) -> None:
+        from invoke_repl import outputs
+        from invoke_repl.metadata import OutputError
+
+        if not generated.previews:
+            self._say(f"no --save-steps strip for {path.name}: it took 0 steps (⌊steps × strength⌋ = 0)")
+            return
+        try:
+            outputs.save_steps_strip(outdir, prefix, generated)
+        except OutputError as exc:
+            self._say(f"warning: {path} is saved, but its --save-steps strip is not: {exc}")
 
     def _compile_notices(self, components: Any) -> None:
         """Say what the GPU fast path's background compiles started or finished (and what each cost)."""
@@ -235,8 +252,8 @@ class Session:
                 for notice in registry.take_notices():
                     self._say(notice)
 
-    def _finish_grid(self, outdir: Path, prefix: int, request: Request, made: list[Any]) -> None:
-        if request.grid and len(made) > 1:
+    def _finish_grid(self, outdir: Path, prefix: int | None, request: Request, made: list[Any]) -> None:
+        if request.grid and len(made) > 1 and prefix is not None:
             from invoke_repl import outputs
 
             path = outputs.save_grid(outdir, prefix, [g.image for g in made], made[0].seed)
@@ -371,7 +388,10 @@ class Session:
             return Outcome(ok=False, error=f"!fetch: {path} is not a file (a PNG made by invoke-repl or another tool)")
         if not path.is_file():
             return Outcome(ok=False, error=f"!fetch: no such file: {path}")
-        request = read_request(path)
+        notices: list[str] = []
+        request = read_request(path, notices)
+        for notice in notices:
+            self._say(notice)
         return Outcome(edit=canonical(request))
 
     def _cmd_replay(self, args: str) -> Outcome:

@@ -365,9 +365,60 @@ def test_a1111_schedule_type_hires_and_unknown_sampler() -> None:
     hires = "a cat\nSteps: 20, Sampler: UniPC, CFG scale: 5, Seed: 1, Size: 512x512, Denoising strength: 0.4, " + (
         "Hires upscale: 2, Hires upscaler: Latent"
     )
-    request = request_from_parameters(hires)
+    notices: list[str] = []
+    request = request_from_parameters(hires, notices)
     assert request.strength is None  # hires fix's second-pass strength is not img2img
-    assert request.sampler == "k_lms"  # unknown sampler: the default, left for the user to edit
+    assert request.sampler == "k_lms"  # unknown sampler: the default, left for the user to edit, and said
+    assert notices == ["the PNG's sampler 'UniPC' is not one invoke-repl has; the line uses k_lms (edit --sampler)"]
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule", "expected", "said"),
+    [
+        ("DPM++ SDE", "Karras", "k_lms", ["sampler 'DPM++ SDE' is not one"]),  # Karras not put on the fallback
+        ("Euler a", "Karras", "k_euler_a", ["schedule type 'Karras' is not available for k_euler_a"]),
+        ("DPM++ 2M", "Exponential", "k_dpmpp_2", ["schedule type 'Exponential' is not available for k_dpmpp_2"]),
+        ("DPM++ 2M Karras", "Karras", "k_dpmpp_2_karras", []),
+        ("K_EULER", "", "k_euler", []),  # our own names, in any case
+        ("Euler", "Automatic", "k_euler", []),
+    ],
+)
+def test_fetched_samplers_and_schedules_we_lack_are_said(sampler, schedule, expected, said) -> None:
+    extra = f", Schedule type: {schedule}" if schedule else ""
+    notices: list[str] = []
+    text = f"a cat\nSteps: 20, Sampler: {sampler}{extra}, CFG scale: 5, Seed: 1, Size: 512x512"
+    assert request_from_parameters(text, notices).sampler == expected
+    assert len(notices) == len(said) and all(part in notice for part, notice in zip(said, notices, strict=True))
+
+
+def test_invokeai_2_img2img_gets_its_init_image_from_the_dream_line() -> None:
+    """2.x's sd-metadata lost init_img (a missing comma in its writer); its Dream line kept `-I`."""
+    meta = {
+        "model": "stable diffusion",
+        "model_id": "stable-diffusion-1.5",
+        "image": {
+            "type": "img2img",
+            "prompt": [{"prompt": "fire", "weight": 1.0}],
+            "seed": 1592514025,
+            "steps": 10,
+            "cfg_scale": 7.5,
+            "sampler": "k_lms",
+            "width": 64,
+            "height": 64,
+            "strength_steps": 0.7,
+        },
+    }
+    dream = "fire -s 10 -S 1592514025 -W 64 -H 64 -C 7.5 -I init.png -A k_lms -f 0.7"
+    request = request_from_chunks({"sd-metadata": json.dumps(meta), "Dream": dream})
+    assert (request.init_img, request.strength, request.seed) == ("init.png", 0.7, 1592514025)
+    other_seed = dream.replace("-S 1592514025", "-S 7")  # a Dream line of another image is not used
+    assert request_from_chunks({"sd-metadata": json.dumps(meta), "Dream": other_seed}).init_img is None
+
+
+def test_tabs_in_a_foreign_prompt_separate_words() -> None:
+    text = "a red\tcircle,\ton blue\nNegative prompt: ugly\tbad\nSteps: 20, Sampler: Euler, CFG scale: 5, Seed: 1"
+    request = request_from_parameters(text)
+    assert (request.prompt, request.negative) == ("a red circle, on blue", "ugly bad")
 
 
 def test_preference_sd_metadata_then_dream_then_parameters() -> None:

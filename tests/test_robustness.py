@@ -470,3 +470,57 @@ def test_a_lora_in_the_prompt_is_refused_not_silently_dropped(manager: Any, tmp_
     ):
         one_line_error(session.run_line(line), "withLora(...) asks for a LoRA")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.png"))
+
+
+def test_an_image_whose_strip_fails_to_save_is_still_announced(
+    manager: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from invoke_repl.metadata import OutputError
+
+    def full_disk(*args: Any) -> Any:
+        raise OutputError(f"cannot save in {tmp_path / 'out'}: no space left on the device")
+
+    monkeypatch.setattr(outputs, "save_steps_strip", full_disk)
+    session = make_session(manager, tmp_path / "out")
+    outcome = session.run_line('"x" -S3 --seed 5 --save-steps')
+    assert outcome.ok and session.image_count == 1 and session.last_seed == 5
+    assert "[1] " in session.out.getvalue() and (tmp_path / "out" / "000001.5.png").is_file()
+    assert "000001.5.png" in (tmp_path / "out" / outputs.LOG_NAME).read_text()
+    assert "is saved, but its --save-steps strip is not: cannot save in" in session.err.getvalue()
+
+
+def test_save_steps_with_no_steps_taken_says_why_there_is_no_strip(manager: Any, tmp_path: Path) -> None:
+    Image.new("RGB", (32, 32), (200, 80, 20)).save(tmp_path / "init.png")
+    session = make_session(manager, tmp_path / "out")
+    assert session.run_line(f'"x" -S10 -s0.05 -I {tmp_path / "init.png"} --seed 5 --save-steps').ok
+    assert "no --save-steps strip for 000001.5.png: it took 0 steps" in session.err.getvalue()
+
+
+def test_a_commands_images_follow_a_bumped_prefix_together(
+    manager: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process saved 000001.5.png between our prefix reservation and our save: our seed-5 image becomes
+    000002.5, and the rest of the command (seed 6, the grid) goes to 000002 with it, not back to 000001."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "000001.5.png").write_bytes(b"theirs")
+    monkeypatch.setattr(outputs, "reserve_prefix", lambda outdir: 1)
+    session = make_session(manager, out)
+    assert session.run_line('"x" -S2 --seed 5 -n 2 -g').ok
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "000001.5.png",
+        "000002.5.grid.png",
+        "000002.5.png",
+        "000002.6.png",
+    ]
+    assert (out / "000001.5.png").read_bytes() == b"theirs"
+
+
+def test_fetch_says_which_sampler_it_could_not_carry_over(manager: Any, tmp_path: Path) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: UniPC, CFG scale: 5, Seed: 1, Size: 64x64")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
+    session = make_session(manager, tmp_path / "out")
+    outcome = session.run_line(f"!fetch {tmp_path / 'a1111.png'}")
+    assert outcome.ok and "--sampler k_lms" in outcome.edit
+    assert "sampler 'UniPC' is not one invoke-repl has" in session.err.getvalue()
