@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         make_manager_factory(args),
         outdir=outdir,
         dialect=args.dialect,
-        progress=not args.no_progress,
+        # Bars redraw with carriage returns: into a log file (stderr redirected) they are noise around the errors.
+        progress=not args.no_progress and sys.stderr.isatty(),
         compile_unet=args.compile == "on" or (args.compile == "auto" and not scripted),
     )
     if scripted:

@@ -56,7 +56,26 @@ MODEL_FAMILY = "stable diffusion"  # 2.x's constant top-level "model"
 DREAM_KEY = "Dream"
 SD_METADATA_KEY = "sd-metadata"
 PARAMETERS_KEY = "parameters"
-KEYS: tuple[str, ...] = (SD_METADATA_KEY, DREAM_KEY, PARAMETERS_KEY)  # reading preference
+INVOKEAI3_KEY = "invokeai_metadata"  # InvokeAI 3.x and later (read, never written)
+KEYS: tuple[str, ...] = (SD_METADATA_KEY, DREAM_KEY, PARAMETERS_KEY, INVOKEAI3_KEY)  # reading preference
+
+# InvokeAI 3.x+ scheduler names (its SCHEDULER_MAP) that have an exact counterpart here. Its others (dpmpp_2s,
+# the SDE and UniPC ones, deis, ddpm, lcm, tcd) have none and become the default, with a notice.
+INVOKEAI3_SCHEDULERS = {
+    "ddim": "ddim",
+    "pndm": "plms",
+    "lms": "k_lms",
+    "lms_k": "k_lms_karras",
+    "euler": "k_euler",
+    "euler_k": "k_euler_karras",
+    "euler_a": "k_euler_a",
+    "heun": "k_heun",
+    "heun_k": "k_heun_karras",
+    "kdpm_2": "k_dpm_2",
+    "kdpm_2_a": "k_dpm_2_a",
+    "dpmpp_2m": "k_dpmpp_2",
+    "dpmpp_2m_k": "k_dpmpp_2_karras",
+}
 
 NEGATIVE_LABEL = "Negative prompt:"
 MODEL_HASH_CHARS = 10  # A1111's short hash: the first 10 hex digits of the file's sha256
@@ -244,6 +263,7 @@ def request_from_chunks(chunks: Mapping[str, str], notices: list[str] | None = N
         SD_METADATA_KEY: lambda text, said: request_from_sd_metadata(json.loads(text), said),
         DREAM_KEY: lambda text, said: request_from_dream(text),
         PARAMETERS_KEY: request_from_parameters,
+        INVOKEAI3_KEY: lambda text, said: request_from_invokeai_metadata(json.loads(text), said),
     }
     first_error: str | None = None
     for key in KEYS:
@@ -264,7 +284,7 @@ def request_from_chunks(chunks: Mapping[str, str], notices: list[str] | None = N
         return request
     if first_error is not None:
         raise MetadataError(first_error)
-    raise MetadataError("no generation metadata (Dream, sd-metadata or parameters) in this PNG")
+    raise MetadataError("no generation metadata (Dream, sd-metadata, parameters or invokeai_metadata) in this PNG")
 
 
 def _init_img_from_dream(request: Request, dream: str | None) -> Request:
@@ -471,13 +491,11 @@ def request_from_parameters(text: str, notices: list[str] | None = None) -> Requ
             sampler = f"{sampler}_karras"
         elif not sampler.endswith("_karras") or schedule.lower() != "karras":
             said.append(f"the PNG's schedule type {schedule!r} is not available for {sampler}; the line uses its own")
-    if notices is not None:
-        notices.extend(said)
     sampler = sampler or DEFAULT_SAMPLER
     width = height = None
     if "Size" in s:
         w, _, h = s["Size"].lower().partition("x")
-        width, height = int(w), int(h)
+        width, height = _floor8(int(w), "width", said), _floor8(int(h), "height", said)
     variations: tuple[tuple[int, float], ...] = ()
     if "Variations" in s:
         variations = _variations(s["Variations"])
@@ -505,4 +523,60 @@ def request_from_parameters(text: str, notices: list[str] | None = None) -> Requ
         if not math.isfinite(cfg):
             raise MetadataError(f"CFG scale is not a number: {s['CFG scale']}")
         fields["cfg_scale"] = cfg
-    return _build("parameters", **fields)
+    request = _build("parameters", **fields)
+    if notices is not None:
+        notices.extend(said)
+    return request
+
+
+def _floor8(value: int, name: str, said: list[str]) -> int:
+    """Other tools allow sizes that are not multiples of 8 (A1111's sliders step by 8 but its fields do not);
+    a typed line floors those with a notice, and so does a fetched one."""
+    if value <= 0 or value % 8 == 0:
+        return value
+    said.append(f"the PNG's {name} {value} is floored to {value // 8 * 8} (a multiple of 8)")
+    return max(8, value // 8 * 8)
+
+
+def request_from_invokeai_metadata(meta: Mapping[str, Any], notices: list[str] | None = None) -> Request:
+    """InvokeAI 3.x+'s ``invokeai_metadata`` JSON (``positive_prompt``, ``negative_prompt``, ``scheduler``,
+    ``model.model_name`` in 3.x or ``model.name`` later, ``strength`` and ``init_image`` for img2img). The init
+    image is a name in InvokeAI's own gallery, kept as text for the user to point at the file. LoRAs, ControlNets
+    and SDXL's style prompts have no counterpart here, and are said to be dropped."""
+    if not isinstance(meta, Mapping) or "positive_prompt" not in meta:
+        raise MetadataError("invokeai_metadata has no positive_prompt")
+    said: list[str] = []
+    scheduler = str(meta.get("scheduler") or "").strip()
+    sampler = INVOKEAI3_SCHEDULERS.get(scheduler.lower())
+    if scheduler and sampler is None:
+        said.append(f"the PNG's scheduler {scheduler!r} is not one invoke-repl has; the line uses {DEFAULT_SAMPLER}")
+    dropped = [key for key in ("loras", "controlnets", "ipAdapters", "t2iAdapters") if meta.get(key)]
+    if meta.get("positive_style_prompt"):
+        dropped.append("positive_style_prompt")
+    if dropped:
+        said.append(f"the PNG's {', '.join(dropped)} have no counterpart in invoke-repl and are left out")
+    model = meta.get("model")
+    model_name = (model.get("model_name") or model.get("name")) if isinstance(model, Mapping) else model
+    img2img = str(meta.get("generation_mode", "")).endswith("img2img") or meta.get("init_image") is not None
+    init = meta.get("init_image")
+    if isinstance(init, Mapping):
+        init = init.get("image_name")
+    fields: dict[str, Any] = {
+        "prompt": _one_line_text(str(meta.get("positive_prompt") or "")),
+        "negative": _one_line_text(str(meta.get("negative_prompt") or "")),
+        "seed": _opt_int(meta.get("seed")),
+        "sampler": sampler or DEFAULT_SAMPLER,
+        "width": None if meta.get("width") is None else _floor8(int(meta["width"]), "width", said),
+        "height": None if meta.get("height") is None else _floor8(int(meta["height"]), "height", said),
+        "init_img": _opt_text(init) if img2img else None,
+        "strength": float(meta["strength"]) if img2img and meta.get("strength") is not None else None,
+        "model": _opt_text(model_name),
+    }
+    if meta.get("steps") is not None:
+        fields["steps"] = int(meta["steps"])
+    if meta.get("cfg_scale") is not None:
+        fields["cfg_scale"] = float(meta["cfg_scale"])
+    request = _build(INVOKEAI3_KEY, **fields)
+    if notices is not None:
+        notices.extend(said)
+    return request

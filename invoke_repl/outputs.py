@@ -165,9 +165,14 @@ def reserve_prefix(outdir: Path) -> int:
         if entry.name.startswith("."):
             continue
         match = _NUMBERED.match(entry.name)
-        if match:
+        if match and len(match.group(1)) <= MAX_PREFIX_DIGITS:
             highest = max(highest, int(match.group(1)))
     return highest + 1
+
+
+# Longer numbers are some other file's name, not a count of images (a timestamp such as 20240101123456.png, or
+# one file of 250 nines, after which every save failed with "File name too long"): they do not set the prefix.
+MAX_PREFIX_DIGITS = 9
 
 
 def _link_no_replace(tmp: str, final: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import shlex
 import sys
 import threading
@@ -477,8 +478,12 @@ def _format_model(info: Any) -> str:
 
 
 def _unquote(text: str) -> str:
+    """A path as typed after !fetch/!replay: bare, 'single-quoted', or "double-quoted" with the escapes the printed
+    lines use (`\\"` and `\\\\`), so a quoted path copied from a canonical line names the same file."""
     text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return re.sub(r'\\(["\\])', r"\1", text[1:-1])
+    if len(text) >= 2 and text[0] == text[-1] == "'":
         return text[1:-1]
     return text
 

@@ -550,3 +550,62 @@ def test_crc_of_written_chunks_is_valid(tmp_path: Path) -> None:
 def test_outputs_reexports() -> None:
     assert outputs.read_request is metadata.read_request
     assert outputs.OutputError is metadata.OutputError
+
+
+def test_invokeai_3_metadata_is_read_with_notices_for_what_has_no_counterpart() -> None:
+    meta = {
+        "app_version": "3.3.0post3",
+        "generation_mode": "txt2img",
+        "positive_prompt": "landscape",
+        "negative_prompt": "low quality",
+        "width": 768,
+        "height": 432,
+        "seed": 356120443,
+        "rand_device": "cpu",
+        "cfg_scale": 7.5,
+        "steps": 50,
+        "scheduler": "dpmpp_2m_k",
+        "clip_skip": 0,
+        "model": {"model_name": "amixx_3Prunedfp16", "base_model": "sd-1", "model_type": "main"},
+        "controlnets": [],
+        "loras": [{"lora": {"model_name": "detail"}, "weight": 0.5}],
+    }
+    notices: list[str] = []
+    request = request_from_chunks({"invokeai_metadata": json.dumps(meta)}, notices)
+    assert (request.prompt, request.negative, request.seed, request.steps) == (
+        "landscape",
+        "low quality",
+        356120443,
+        50,
+    )
+    assert (request.sampler, request.width, request.height, request.cfg_scale) == ("k_dpmpp_2_karras", 768, 432, 7.5)
+    assert request.model == "amixx_3Prunedfp16" and request.init_img is None and request.strength is None
+    assert notices == ["the PNG's loras have no counterpart in invoke-repl and are left out"]
+    later = {
+        **meta,
+        "generation_mode": "img2img",
+        "strength": 0.6,
+        "init_image": "abc.png",
+        "scheduler": "unipc",
+        "model": {"key": "k", "name": "dreamshaper", "base": "sd-1"},
+        "loras": [],
+    }
+    notices.clear()
+    request = request_from_chunks({"invokeai_metadata": json.dumps(later)}, notices)
+    assert (request.init_img, request.strength, request.sampler, request.model) == (
+        "abc.png",
+        0.6,
+        "k_lms",
+        "dreamshaper",
+    )
+    assert notices == ["the PNG's scheduler 'unipc' is not one invoke-repl has; the line uses k_lms"]
+
+
+def test_a_fetched_size_that_is_not_a_multiple_of_8_is_floored_with_a_notice() -> None:
+    notices: list[str] = []
+    request = request_from_parameters("a cat\nSteps: 20, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 500x300", notices)
+    assert (request.width, request.height) == (496, 296)
+    assert notices == [
+        "the PNG's width 500 is floored to 496 (a multiple of 8)",
+        "the PNG's height 300 is floored to 296 (a multiple of 8)",
+    ]

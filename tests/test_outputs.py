@@ -349,3 +349,10 @@ def test_sigkill_mid_save_leaves_no_partial_png(tmp_path: Path) -> None:
     assert reserve_prefix(outdir) == 1
     path = save(outdir, 1, make(5))
     assert path.name == "000001.5.png" and read_request(path).seed == 5
+
+
+def test_numbers_too_long_for_an_image_count_do_not_set_the_prefix(tmp_path) -> None:
+    (tmp_path / "000041.7.png").write_bytes(b"")
+    (tmp_path / "20240101123456.png").write_bytes(b"")  # a camera's or another tool's timestamp name
+    (tmp_path / ("9" * 250 + ".png")).write_bytes(b"")
+    assert reserve_prefix(tmp_path) == 42

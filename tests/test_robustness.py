@@ -524,3 +524,13 @@ def test_fetch_says_which_sampler_it_could_not_carry_over(manager: Any, tmp_path
     outcome = session.run_line(f"!fetch {tmp_path / 'a1111.png'}")
     assert outcome.ok and "--sampler k_lms" in outcome.edit
     assert "sampler 'UniPC' is not one invoke-repl has" in session.err.getvalue()
+
+
+def test_fetch_takes_a_path_quoted_as_the_printed_lines_quote_it(manager: Any, tmp_path: Path) -> None:
+    session = make_session(manager, tmp_path / "out")
+    assert session.run_line('"x" -S2 --seed 5').ok
+    odd = tmp_path / 'it\'s "fire".png'
+    (tmp_path / "out" / "000001.5.png").rename(odd)
+    quoted = '"' + str(odd).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    outcome = session.run_line(f"!fetch {quoted}")
+    assert outcome.ok and outcome.edit is not None and "--seed 5" in outcome.edit
