@@ -43,6 +43,13 @@ if TYPE_CHECKING:
 
 ShapeKey = tuple[tuple[int, ...], tuple[int, ...], str]
 
+# GPU work of the background compile (its warm-up calls: tracing, Inductor's autotuning, which synchronizes the
+# whole device, the first runs) and a CUDA graph capture on the command thread must not overlap. A capture is
+# invalidated by a device-wide synchronize from another thread, and while it runs the process's CUDA generator
+# refuses other threads' random draws. The compile thread holds this lock through its warm-up; a capture only
+# tries it, and when it is taken the step runs without a graph and the capture is tried again at the next one.
+GPU_WORK = threading.Lock()
+
 
 def fast_path_enabled(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get("INVOKE_REPL_FAST_PATH", "1") != "0"
@@ -140,6 +147,8 @@ class _Entry:
     error: str = ""
     stages: dict[str, float] = field(default_factory=dict)  # label → seconds of each stage that succeeded
     failures: dict[str, str] = field(default_factory=dict)  # label → why a stage failed or was skipped
+    go: threading.Event = field(default_factory=threading.Event)  # set: the next stage may start (see release)
+    gated: bool = False  # stages wait for `release` (CUDA graphs on)
 
 
 @dataclass
@@ -158,23 +167,51 @@ class CompiledUNets:
     notices: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     threads: list[threading.Thread] = field(default_factory=list)
+    closed: bool = False  # set when the model moved or went away: running compiles publish nothing more
 
-    def forward_for(self, unet: Any, sample: torch.Tensor, context: torch.Tensor) -> Callable[..., Any]:
-        """The compiled UNet for these shapes if it is ready, else `unet` itself (and a compile is started)."""
+    def forward_for(
+        self, unet: Any, sample: torch.Tensor, context: torch.Tensor, *, gated: bool = False
+    ) -> Callable[..., Any]:
+        """The compiled UNet for these shapes if it is ready, else `unet` itself (and a compile is started).
+
+        `gated` (CUDA graphs on): each stage waits for `release(key)`, which the caller gives once the forward
+        serving now is captured in a graph. The GPU is then free for the capture (see GPU_WORK) and the UNet
+        keeps the speed of a graph while the next stage compiles, instead of running ungraphed until it is done.
+        """
         key = shape_key(sample, context)
         with self.lock:
             entry = self.entries.get(key)
-            if entry is None:
-                entry = self.entries[key] = _Entry()
+            if entry is None and not self.closed:
+                entry = self.entries[key] = _Entry(gated=gated)
+                if not gated:
+                    entry.go.set()
                 thread = threading.Thread(
                     target=self._compile, args=(unet, key, sample, context), name="invoke-compile", daemon=True
                 )
                 self.threads.append(thread)
                 self.notices.append(f"compiling the UNet for {_describe(key)} in the background (uncompiled meanwhile)")
                 thread.start()
-            if entry.state == "ready" and entry.forward is not None:
+            if entry is not None and entry.state == "ready" and entry.forward is not None:
                 return entry.forward
         return unet
+
+    def release(self, key: ShapeKey) -> None:
+        """The forward serving `key` now has its graph (or graphs are off): the next stage may compile."""
+        entry = self.entries.get(key)
+        if entry is not None:
+            entry.go.set()
+
+    def held_back(self, key: ShapeKey) -> bool:
+        entry = self.entries.get(key)
+        return entry is not None and not entry.go.is_set()
+
+    def close(self) -> None:
+        """The UNet these compiles are for moved or went away: running compiles publish nothing, and stages not
+        begun never begin (a compile cannot be interrupted, but its result is dropped)."""
+        with self.lock:
+            self.closed = True
+            for entry in self.entries.values():
+                entry.go.set()
 
     def take_notices(self) -> list[str]:
         with self.lock:
@@ -214,6 +251,9 @@ class CompiledUNets:
         entry = self.entries[key]
         stages = self._stages()
         for number, (label, compile_fn) in enumerate(stages):
+            entry.go.wait()
+            if self.closed:
+                return
             stage_started = time.perf_counter()
             more = number + 1 < len(stages)
             try:
@@ -236,10 +276,14 @@ class CompiledUNets:
                 continue
             now = time.perf_counter()
             with self.lock:
+                if self.closed:
+                    return
                 if entry.state != "ready":
                     entry.seconds = now - started
                 entry.state, entry.forward = "ready", forward
                 entry.stages[label] = now - stage_started
+                if more and entry.gated:
+                    entry.go.clear()  # the next stage waits until this forward has its graph
                 what = f"the UNet ({label})" if label else "the UNet"
                 follows = f"; the {stages[number + 1][0]} compile follows" if more else ""
                 self.notices.append(
@@ -261,22 +305,29 @@ def _build(
     """`compile_fn(unet)`, finished: its two warm-up calls at these shapes run the compile before it may serve."""
     import torch
 
-    compiled = compile_fn(unet)
-    dummy_sample = torch.randn(sample.shape, dtype=sample.dtype, device=sample.device)
-    dummy_context = torch.randn(context.shape, dtype=context.dtype, device=context.device)
+    # Drawn on the CPU: a draw from the CUDA generator raises while the command thread captures a graph.
+    dummy_sample = torch.randn(sample.shape).to(device=sample.device, dtype=sample.dtype)
+    dummy_context = torch.randn(context.shape).to(device=context.device, dtype=context.dtype)
     timestep = torch.tensor(999.0, device=sample.device)
 
     def forward(latents: Any, t: Any, **kwargs: Any) -> Any:
         # Timesteps come as int64 (DDIM, PLMS) or float (k-samplers); the UNet's embedding casts to float first
-        # anyway, so one float graph serves both instead of two guarded recompiles.
-        return compiled(latents, t.float(), **kwargs)
+        # anyway, so one float graph serves both instead of two guarded recompiles. Dynamo guards on strides too,
+        # so inputs are made contiguous as the warm-up's were (an expanded context has stride 0 at CFG 1).
+        return compiled(latents.contiguous(), t.float(), **{k: _contiguous(v) for k, v in kwargs.items()})
 
-    with torch.no_grad():  # the grad mode the denoise loop runs in: Dynamo guards on it
-        for _ in range(2):  # the second call runs the compiled code: the compile is finished after it
-            forward(dummy_sample, timestep, encoder_hidden_states=dummy_context, return_dict=False)
-    if sample.device.type == "cuda":  # this thread's stream only: a device-wide sync would break
-        torch.cuda.current_stream(sample.device).synchronize()  # a graph capture in the main thread
+    with GPU_WORK:  # no graph capture while this thread traces, autotunes and first runs the compiled code
+        compiled = compile_fn(unet)
+        with torch.no_grad():  # the grad mode the denoise loop runs in: Dynamo guards on it
+            for _ in range(2):  # the second call runs the compiled code: the compile is finished after it
+                forward(dummy_sample, timestep, encoder_hidden_states=dummy_context, return_dict=False)
+        if sample.device.type == "cuda":
+            torch.cuda.current_stream(sample.device).synchronize()
     return forward
+
+
+def _contiguous(value: Any) -> Any:
+    return value.contiguous() if hasattr(value, "contiguous") else value
 
 
 def _describe(key: ShapeKey) -> str:
@@ -382,11 +433,25 @@ def unet_forward(components: Components, sample: torch.Tensor, context: torch.Te
     """What the denoise loop calls for these shapes: a CUDA graph of the compiled UNet when ready, else of the module
     (or the bare module where graphs are off: the CPU, or ``INVOKE_REPL_CUDA_GRAPHS=0``)."""
     registry = components.extras.get("compiled_unets")  # the session creates it when it wants compiles
-    forward = components.unet if registry is None else registry.forward_for(components.unet, sample, context)
     graphs = cuda_graphs(components)
+    if registry is None:
+        forward = components.unet
+    else:  # with graphs, each compile stage waits until the forward serving now has its graph (see GPU_WORK)
+        forward = registry.forward_for(components.unet, sample, context, gated=graphs is not None)
     if graphs is None:
         return forward
-    return graphs.forward_for(forward, sample, context)
+    graphed = graphs.forward_for(forward, sample, context)
+    key = shape_key(sample, context)
+    if registry is None or not registry.held_back(key):
+        return graphed
+
+    def capture_then_compile(latents: Any, t: Any, **kwargs: Any) -> Any:
+        out = graphed(latents, t, **kwargs)  # captures the graph when the GPU is free (else tried next step)
+        if graphs.serves(key, forward):
+            registry.release(key)
+        return out
+
+    return capture_then_compile
 
 
 def cuda_graphs(components: Components) -> CudaGraphs | None:
@@ -400,7 +465,9 @@ def cuda_graphs(components: Components) -> CudaGraphs | None:
 
 def forget_compiled(components: Components) -> None:
     """Drop compiled UNets and graphs (the model moved device or dtype: their guards and buffers no longer fit)."""
-    components.extras.pop("compiled_unets", None)
+    registry = components.extras.pop("compiled_unets", None)
+    if registry is not None:
+        registry.close()  # a compile still running for the old placement publishes nothing
     if components.extras.get("cuda_graphs") is not False:
         components.extras.pop("cuda_graphs", None)
 
@@ -437,10 +504,11 @@ class CudaGraphs:
     notices: list[str] = field(default_factory=list)
     captures: int = 0
     seconds: float = 0.0
+    off: str = ""  # why graphs were turned off for this model (a capture failed), else ""
 
     def forward_for(self, forward: Callable[..., Any], sample: torch.Tensor, context: torch.Tensor) -> Replay:
         key = shape_key(sample, context)
-        if (key, id(forward)) in self.failed:
+        if self.off or (key, id(forward)) in self.failed:
             return forward
         held = self.graphs.get(key)
         if held is not None and held[0] is forward:
@@ -450,22 +518,36 @@ class CudaGraphs:
         def first_call(latents: Any, t: Any, **kwargs: Any) -> Any:
             held = self.graphs.get(key)
             if held is None or held[0] is not forward:
-                if (key, id(forward)) in self.failed:
+                if self.off or (key, id(forward)) in self.failed:
                     return forward(latents, t, **kwargs)
-                self._capture(key, forward, latents, t, kwargs)
+                if self._capture(key, forward, latents, t, kwargs) is None:
+                    # The GPU is busy with a compile: an older graph of this shape (the same function, from an
+                    # earlier forward) still serves, else the forward itself; the capture is tried next step.
+                    return (held[1] if held is not None else forward)(latents, t, **kwargs)
                 held = self.graphs.get(key)
             return (held[1] if held is not None else forward)(latents, t, **kwargs)
 
         return first_call
 
+    def serves(self, key: ShapeKey, forward: Callable[..., Any]) -> bool:
+        """Whether `forward` is settled for `key`: graphed, or never to be (its capture failed, graphs are off)."""
+        held = self.graphs.get(key)
+        return bool(self.off) or (key, id(forward)) in self.failed or (held is not None and held[0] is forward)
+
     def take_notices(self) -> list[str]:
         out, self.notices = self.notices, []
         return out
 
-    def _capture(self, key: ShapeKey, forward: Callable[..., Any], latents: Any, t: Any, kwargs: dict) -> None:
+    def _capture(self, key: ShapeKey, forward: Callable[..., Any], latents: Any, t: Any, kwargs: dict) -> bool | None:
+        """Capture `forward` for `key`: True when captured, False when it failed, None when a compile holds the GPU
+        (try again later). A real capture that fails turns graphs off for this model: CUDA leaves the failed
+        capture's allocator routing and generator state behind, and the next capture would inherit them."""
         if set(kwargs) - {"encoder_hidden_states", "return_dict"} or kwargs.get("return_dict", True):
             self.failed[key, id(forward)] = "not the denoise loop's call"  # only that signature is graphed
-            return
+            return False
+        real = self.capture_fn is None
+        if real and not GPU_WORK.acquire(blocking=False):
+            return None
         # An older graph of this shape (of the eager UNet) stays held until this capture is done: the new graph
         # reuses its activation blocks through the shared pool anyway, and while a graph holds the pool it cannot
         # be released under the capture.
@@ -481,15 +563,26 @@ class CudaGraphs:
                 replay = _capture_cuda_graph(forward, latents, t.float(), kwargs["encoder_hidden_states"], self.pool)
         except Exception as exc:  # a failed capture must never reach the user's command: ungraphed keeps serving
             error = self.failed[key, id(forward)] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-            self.notices.append(f"CUDA graph for {_describe(key)} failed, staying without ({error})")
-            self.graphs.pop(key, None)
-            return
+            if real:
+                self.off = error
+                self.graphs.clear()
+                self.notices.append(
+                    f"CUDA graph for {_describe(key)} failed, so graphs are off for this model ({error})"
+                )
+            else:
+                self.notices.append(f"CUDA graph for {_describe(key)} failed, staying without ({error})")
+                self.graphs.pop(key, None)
+            return False
+        finally:
+            if real:
+                GPU_WORK.release()
         self.captures += 1
         self.seconds += time.perf_counter() - started
         self.graphs.pop(key, None)
         self.graphs[key] = (forward, replay)
         while len(self.graphs) > self.limit:
             self.graphs.pop(next(iter(self.graphs)))
+        return True
 
 
 def _new_graph_pool() -> Any:
@@ -514,10 +607,14 @@ def _capture_cuda_graph(forward: Callable[..., Any], latents: Any, t: Any, conte
     with torch.no_grad(), torch.cuda.stream(side):
         for _ in range(2):
             forward(static_x, static_t, encoder_hidden_states=static_ctx, return_dict=False)
-    torch.cuda.current_stream(device).wait_stream(side)
+    here = torch.cuda.current_stream(device)
+    here.wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-        static_out = forward(static_x, static_t, encoder_hidden_states=static_ctx, return_dict=False)[0]
+    # The outer stream context puts this thread back on its own stream even when the capture fails: torch.cuda.graph
+    # ends the capture before it leaves its capture stream, so an error there would leave the thread on that stream.
+    with torch.cuda.stream(here):
+        with torch.no_grad(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            static_out = forward(static_x, static_t, encoder_hidden_states=static_ctx, return_dict=False)[0]
 
     def replay(sample: Any, timestep: Any, *, encoder_hidden_states: Any, return_dict: bool = False) -> Any:
         static_x.copy_(sample)

@@ -106,8 +106,17 @@ def _sync() -> None:
 def process_seconds(args: list[str], stdin: str | None = None) -> float:
     """Wall time of one child process from start to exit (it must succeed): cold starts and whole scripts."""
     start = time.perf_counter()
-    subprocess.run(args, input=stdin, text=True, check=True, capture_output=True)
+    _run_child(args, input=stdin)
     return time.perf_counter() - start
+
+
+def _run_child(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """A child that must succeed; its failure says what the child printed last (a lent GPU is not there to ask)."""
+    done = subprocess.run(args, text=True, capture_output=True, **kwargs)
+    if done.returncode != 0:
+        tail = " | ".join((done.stderr or done.stdout or "").strip().splitlines()[-3:])
+        raise RuntimeError(f"child {' '.join(args[:3])} … exited {done.returncode}: {tail[-600:]}")
+    return done
 
 
 def device_name() -> str:
@@ -441,6 +450,20 @@ def bench_gpu(
         report(list(new))
         results.extend(new)
 
+    def guarded(scenario: str, measure: Callable[[], Any]) -> Any:
+        """One late row failing (a lent GPU's one run) must not take the rows after it along: it becomes a row
+        that says why, and the run goes on."""
+        try:
+            return measure()
+        except Exception as exc:
+            text = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+            emit(Result(scenario, device, float("nan"), None, notes=f"failed: {text}"))
+            return None
+        finally:
+            graphs_now = components.extras.get("cuda_graphs") if components is not None else None
+            for notice in graphs_now.take_notices() if graphs_now else []:
+                print(f"  {notice}", flush=True)  # a capture that failed here shows beside the row it affects
+
     device = device_name() if plan.device.startswith("cuda") else f"{plan.device} (dry run)"
     components = plan.components()
     generation = {k: v for k, v in gpu_requests(plan).items() if k in scenarios}
@@ -488,27 +511,35 @@ def bench_gpu(
                 )
             )
         if "gpu_sync_audit" in scenarios:
-            emit(bench_sync_audit(components, plan, device))
+            guarded("gpu_sync_audit", lambda: emit(bench_sync_audit(components, plan, device)))
         if "gpu_peak_memory" in scenarios:
-            emit(bench_peak_memory(components, plan, device, stock_peak))
+            guarded("gpu_peak_memory", lambda: emit(bench_peak_memory(components, plan, device, stock_peak)))
         for scenario in ("gpu_switch", "gpu_load_fp16_folder"):
             if scenario in scenarios:
-                emit(bench_gpu_loading(folder, catalogue_file, scenario, repeats, plan, device))
+                guarded(
+                    scenario,
+                    lambda scenario=scenario: emit(
+                        bench_gpu_loading(folder, catalogue_file, scenario, repeats, plan, device)
+                    ),
+                )
         if generation:
-            compiled, compiled_images = _bench_compiled(
-                components, generation, repeats, plan, device, stock_s, graphed_s
+            compiled_images: dict[str, Any] = {}
+            compiled = _bench_compiled(
+                components, generation, repeats, plan, device, stock_s, graphed_s, emit, compiled_images, guarded
             )
-            emit(*compiled)
             if "gpu_compile_cache" in scenarios:
-                emit(bench_compile_cache(plan, device))
-            if "gpu_compile_regional" in scenarios and "gpu_txt2img_k_lms" in generation:
-                full = next(r for r in compiled if r.scenario == "gpu_txt2img_k_lms+compiled")
+                guarded("gpu_compile_cache", lambda: emit(bench_compile_cache(plan, device)))
+            full = next((r for r in compiled if r.scenario == "gpu_txt2img_k_lms+compiled"), None)
+            if "gpu_compile_regional" in scenarios and full is not None:
                 request = generation["gpu_txt2img_k_lms"][0]
                 reference = compiled_images["gpu_txt2img_k_lms"]
-                emit(bench_regional_compile(components, request, repeats, plan, device, full, reference))
+                guarded(
+                    "gpu_txt2img_k_lms+regional",
+                    lambda: emit(bench_regional_compile(components, request, repeats, plan, device, full, reference)),
+                )
         if "gpu_cold_start" in scenarios:
-            del components
-            emit(bench_cold_start(folder, catalogue_file, plan, device))
+            components = None
+            guarded("gpu_cold_start", lambda: emit(bench_cold_start(folder, catalogue_file, plan, device)))
     return results
 
 
@@ -612,46 +643,54 @@ def _bench_compiled(
     device: str,
     stock_s: dict[str, float],
     graphed_s: dict[str, float],
-) -> tuple[list[Result], dict[str, Any]]:
-    """The compiled UNet (built in the background as in a session) under CUDA graphs, then the compile's cost; and
-    each scenario's last timed images (the regional row compares against them)."""
+    emit: Callable[..., None],
+    images: dict[str, Any],
+    guarded: Callable[[str, Callable[[], Any]], Any],
+) -> list[Result]:
+    """The compiled UNet (built in the background as in a session) under CUDA graphs, then the compile's cost, each
+    row emitted as soon as it is measured; `images` gets each scenario's last timed images (the regional row
+    compares against them)."""
     from invoke_repl import accel
 
     registry = components.extras["compiled_unets"] = accel.CompiledUNets(compile_fn=plan.compile_fn)
     mode = accel.compile_mode()  # what a session compiles (INVOKE_REPL_COMPILE); the warm-up is its first stage
     compile_s: dict[str, float] = {}
-    images: dict[str, Any] = {}
-    results = []
-    for scenario, (request, init) in generation.items():
+    results: list[Result] = []
+
+    def one(scenario: str, request: Any, init: Any) -> None:
         known = set(registry.entries)
         ours(components, request, init)()  # starts the compile for this shape (the graphed eager UNet serves)
         registry.wait()
         compile_s[scenario] = sum(e.seconds for k, e in registry.entries.items() if k not in known)
         per_image = 4 if scenario == "gpu_n4" else 1
         compiled, images[scenario] = timed(ours(components, request, init), repeats)
-        failed = [e.error for e in registry.entries.values() if e.state == "failed"]
+        failed = [e.error for k, e in registry.entries.items() if k not in known and e.state == "failed"]
         note = (
             f"compile failed: {failed[0]}"
             if failed
             else f"compiled ({mode}) + CUDA graphs; graphs alone {graphed_s[scenario] / per_image:.4f} s"
         )
         extra = {"variant": "compiled+graphs", "compile_s": compile_s[scenario]}
-        results.append(
-            Result(scenario + "+compiled", device, compiled / per_image, stock_s[scenario], notes=note, extra=extra)
+        row = Result(scenario + "+compiled", device, compiled / per_image, stock_s[scenario], notes=note, extra=extra)
+        results.append(row)
+        emit(row)
+        for notice in registry.take_notices():
+            print(f"  {notice}", flush=True)
+
+    for scenario, (request, init) in generation.items():
+        guarded(scenario + "+compiled", lambda s=scenario, r=request, i=init: one(s, r, i))
+    if compile_s:
+        emit(
+            Result(
+                "gpu_compile",
+                device,
+                max(compile_s.values()),
+                None,
+                notes="longest compile of one shape (background thread); per scenario: "
+                + ", ".join(f"{k} {v:.1f} s" for k, v in compile_s.items()),
+            )
         )
-    for notice in registry.take_notices():
-        print(f"  {notice}", flush=True)
-    results.append(
-        Result(
-            "gpu_compile",
-            device,
-            max(compile_s.values()),
-            None,
-            notes="longest compile of one shape (background thread); per scenario: "
-            + ", ".join(f"{k} {v:.1f} s" for k, v in compile_s.items()),
-        )
-    )
-    return results, images
+    return results
 
 
 def bench_compile_cache(plan: GpuPlan, device: str) -> Result:
@@ -729,9 +768,7 @@ def _compile_in_fresh_process(plan: GpuPlan, mode: str, env: dict[str, str] | No
     args = f"{plan.size}, {plan.dtype!r}, {plan.device!r}, {fake}, {mode!r}"
     code = f"from invoke_repl.bench import _compile_once; _compile_once({args})"
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", code], text=True, check=True, capture_output=True, env=os.environ | (env or {})
-    )
+    done = _run_child([sys.executable, "-c", code], env=os.environ | (env or {}))
     total = time.perf_counter() - started
     state, seconds = done.stdout.split()[-2:]
     return state, float(seconds), total

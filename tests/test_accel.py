@@ -496,33 +496,57 @@ def test_every_real_capture_of_a_model_shares_one_memory_pool(monkeypatch):
     assert len(pools) == 2 and captured[-1][1] is pools[1]
 
 
-def test_a_failed_capture_with_no_graph_held_gives_the_next_capture_a_new_pool(monkeypatch):
-    pools: list[object] = []
+def test_a_failed_real_capture_turns_graphs_off_for_the_model(monkeypatch):
+    """CUDA leaves a failed capture's allocator routing and generator state behind, so no later capture is tried."""
     calls: list[object] = []
-
-    def new_pool():
-        pools.append(object())
-        return pools[-1]
 
     def capture(forward, latents, t, context, pool):
         calls.append(pool)
-        if len(calls) == 1:
-            raise RuntimeError("capture failed")
-        return forward
+        raise RuntimeError("capture failed")
 
-    monkeypatch.setattr(accel, "_new_graph_pool", new_pool)
+    monkeypatch.setattr(accel, "_new_graph_pool", object)
     monkeypatch.setattr(accel, "_capture_cuda_graph", capture)
     components = build_tiny_random()
+    plain = one_image(components, steps=2)
     graphs = components.extras["cuda_graphs"] = accel.CudaGraphs()
-    one_image(components, steps=2)  # the first capture fails: that shape runs ungraphed
+    assert np.array_equal(one_image(components, steps=2), plain)  # the failed capture's step ran ungraphed
     (notice,) = graphs.take_notices()
     assert notice.startswith("CUDA graph for latents 16×16 batch 2") and notice.endswith(
-        "(RuntimeError: capture failed)"
+        "failed, so graphs are off for this model (RuntimeError: capture failed)"
     )
-    assert not graphs.graphs
-    one_image(components, steps=2, width=48, height=32)  # another shape: captured, in a pool of its own
-    assert len(pools) == 2 and calls == pools
-    assert len(graphs.graphs) == 1
+    one_image(components, steps=2, width=48, height=32)  # another shape: not even tried
+    assert len(calls) == 1 and not graphs.graphs and graphs.take_notices() == []
+    assert not accel.GPU_WORK.locked()
+
+
+def test_a_capture_waits_for_a_compile_using_the_gpu_and_an_older_graph_serves_meanwhile(monkeypatch):
+    captured: list[object] = []
+
+    def capture(forward, latents, t, context, pool):
+        captured.append(forward)
+        return forward
+
+    monkeypatch.setattr(accel, "_new_graph_pool", object)
+    monkeypatch.setattr(accel, "_capture_cuda_graph", capture)
+    components = build_tiny_random()
+    plain = one_image(components, steps=2)
+    graphs = components.extras["cuda_graphs"] = accel.CudaGraphs()
+    with accel.GPU_WORK:  # a compile thread is tracing/autotuning: no capture may start
+        assert np.array_equal(one_image(components, steps=2), plain)
+        assert captured == [] and graphs.take_notices() == []  # not a failure: tried again later
+    assert np.array_equal(one_image(components, steps=2), plain)
+    assert captured == [components.unet]
+    served: list[str] = []
+
+    def newer(*args, **kwargs):
+        served.append("newer")
+        return components.unet(*args, **kwargs)
+
+    sample, context = torch.zeros(2, 4, 16, 16), torch.zeros(2, 77, 32)
+    with accel.GPU_WORK:  # a newer forward of this shape cannot be captured yet: the older graph keeps serving
+        replay = graphs.forward_for(newer, sample, context)
+        replay(sample, torch.tensor(10.0), encoder_hidden_states=context, return_dict=False)
+    assert served == [] and captured == [components.unet]
 
 
 def test_the_compiled_unet_gets_its_own_graph_which_replaces_the_eager_one():
@@ -546,6 +570,71 @@ def test_graphs_beyond_the_limit_are_dropped_least_recently_used_first():
         one_image(components, width=width, steps=1)
     kept = [key[0][3] * components.vae_scale_factor for key in graphs.graphs]
     assert kept == [32, 64]  # 48 wide was used least recently
+
+
+def test_each_compile_stage_waits_until_the_forward_serving_now_has_its_graph():
+    """With graphs on, a stage starts only once the forward before it is captured: the capture then has the GPU
+    to itself (see GPU_WORK), and that graph serves while the stage compiles."""
+    components = build_tiny_random()
+    order: list[str] = []
+    fake_graphs = FakeGraphs()
+
+    def capture(forward, latents, t, context):
+        order.append("capture " + ("eager" if forward is components.unet else "regional"))
+        return fake_graphs(forward, latents, t, context)
+
+    def stage(label):
+        def build(unet):
+            order.append("compile " + label)
+            return lambda *args, **kwargs: unet(*args, **kwargs)
+
+        return build
+
+    components.extras["cuda_graphs"] = accel.CudaGraphs(capture_fn=capture)
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(
+        stages=(("regional", stage("regional")), ("full", stage("full")))
+    )
+    one_image(components, steps=2)
+    assert registry.wait_for_stage("regional", 30)
+    assert not registry.wait_for_stage("full", 0.3)  # held until the regional forward has its graph
+    one_image(components, steps=2)
+    assert registry.wait_for_stage("full", 30)
+    assert order == ["capture eager", "compile regional", "capture regional", "compile full"]
+
+
+def test_a_compile_of_a_model_that_moved_publishes_nothing():
+    components = build_tiny_random()
+    fake = FakeCompiler()
+    fake.release.clear()
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(compile_fn=fake)
+    one_image(components, steps=2)
+    accel.forget_compiled(components)  # the model moved while its compile ran
+    fake.release.set()
+    registry.wait(30)
+    (entry,) = registry.entries.values()
+    assert entry.state == "compiling" and entry.forward is None
+    assert not [n for n in registry.take_notices() if n.startswith("compiled")]
+
+
+def test_cfg_one_batches_reach_the_compiled_unet_contiguous():
+    """At CFG 1 the context is an expanded view (stride 0); Dynamo guards on strides, so the compiled UNet built
+    on contiguous inputs would recompile inside the user's command. Real Dynamo, recording each compile."""
+    components = build_tiny_random()
+    compiles: list[str] = []
+
+    def backend(graph_module, example_inputs):
+        compiles.append(threading.current_thread().name)
+        return graph_module.forward
+
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(
+        stages=(("full", lambda unet: torch.compile(unet, backend=backend, dynamic=False)),)
+    )
+    request = Request(prompt="x", steps=2, seed=1, iterations=2, cfg_scale=1.0)
+    list(generate(components, request, progress=False, batch_size=2))
+    registry.wait(120)
+    assert compiles and set(compiles) == {"invoke-compile"}
+    list(generate(components, request, progress=False, batch_size=2))
+    assert set(compiles) == {"invoke-compile"}  # nothing compiled on the command's thread
 
 
 def test_failed_capture_is_reported_once_and_the_unet_keeps_serving(tmp_path):

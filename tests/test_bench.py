@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from invoke_repl import bench
 from invoke_repl.builtin import build_tiny_random
 
@@ -91,3 +93,36 @@ def test_gpu_results_reach_the_json_file_one_line_each(tmp_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["scenario"] for line in lines] == ["gpu_switch", "gpu_switch"]
     assert lines[0]["ratio"] is None and lines[0]["ours_s"] == 0.01
+
+
+def test_a_failing_gpu_row_is_reported_and_the_rows_after_it_still_run(monkeypatch):
+    """A lent GPU runs the check once: a late row's failure must not take the finished rows or the later ones."""
+
+    def broken(plan, device):
+        raise RuntimeError("inductor ran out of shared memory")
+
+    monkeypatch.setattr(bench, "bench_compile_cache", broken)
+    plan = bench.GpuPlan(
+        device="cpu",
+        dtype="float32",
+        size=32,
+        steps=2,
+        build=build_tiny_random,
+        compile_fn=identity_compile,
+        regional_fn=eager_regional_compile,
+        capture_fn=passthrough_capture,
+    )
+    reported: list[str] = []
+    scenarios = ["gpu_txt2img_k_lms", "gpu_compile_cache", "gpu_cold_start"]
+    results = bench.bench_gpu(scenarios, 1, plan, report=lambda new: reported.extend(r.scenario for r in new))
+    by_name = {r.scenario: r for r in results}
+    assert by_name["gpu_compile_cache"].notes == "failed: RuntimeError: inductor ran out of shared memory"
+    assert reported.index("gpu_txt2img_k_lms+compiled") < reported.index("gpu_compile_cache")
+    assert by_name["gpu_cold_start"].ours_s > 0  # after the failed row
+
+
+def test_a_failed_child_process_says_what_it_printed():
+    import sys
+
+    with pytest.raises(RuntimeError, match=r"exited 3: .*no CUDA here"):
+        bench._run_child([sys.executable, "-c", "import sys; print('no CUDA here', file=sys.stderr); sys.exit(3)"])
