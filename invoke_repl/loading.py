@@ -258,15 +258,61 @@ def folder_native_size(folder: Path) -> tuple[int, int] | None:
     return int(w) * factor, int(h) * factor
 
 
+_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+def unsupported_checkpoint(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """What a single file is when it is a model invoke-repl cannot run, in words; None for SD 1.x/2.x txt2img.
+
+    Such files used to fail at load with a shape mismatch and the advice to set `config:`, which cannot help."""
+    if any(k.startswith(("conditioner.embedders.", "model.diffusion_model.label_emb.")) for k in shapes):
+        return "an SDXL checkpoint"
+    if any(
+        k.startswith(("model.diffusion_model.joint_blocks.", "double_blocks.", "model.diffusion_model.double_blocks."))
+        for k in shapes
+    ):
+        return "an SD3/Flux-style transformer checkpoint"
+    conv_in = shapes.get(_CONV_IN)
+    if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
+        names = {9: "an inpainting model", 8: "an instruct-pix2pix model"}
+        return f"{names.get(conv_in[1], 'a model')} ({conv_in[1]} UNet input channels, not 4)"
+    return None
+
+
+def unsupported_folder(folder: Path) -> str | None:
+    """As `unsupported_checkpoint`, for a diffusers folder (read from its UNet config)."""
+    unet = _read_json(folder / "unet" / "config.json") or {}
+    if unet.get("addition_embed_type") == "text_time":
+        return "an SDXL model"
+    channels = unet.get("in_channels", 4)
+    if channels != 4:
+        names = {9: "an inpainting model", 8: "an instruct-pix2pix model"}
+        return f"{names.get(channels, 'a model')} ({channels} UNet input channels, not 4)"
+    return None
+
+
+def _refuse_unsupported(shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    kind = unsupported_checkpoint(shapes)
+    if kind is not None:  # no config: can make these load, so none is suggested
+        raise ModelError(f"{path.name} is {kind}; invoke-repl runs SD 1.x and 2.x text-to-image models only")
+
+
 def checkpoint_plan(entry_config: str | Path | None, path: Path) -> tuple[str, Path]:
-    """(family, config folder) for a single-file checkpoint: the catalogue's word first, else the weights'."""
+    """(family, config folder) for a single-file checkpoint: the catalogue's word first, else the weights'.
+
+    A model of a kind invoke-repl cannot run is refused here when that is cheap to see (a .safetensors header, or
+    shapes read anyway to detect the family); a .ckpt with its family set is checked once read, at load."""
+    shapes = checkpoint_shapes(path) if entry_config is None or path.suffix.lower() == ".safetensors" else None
+    if shapes is not None:
+        _refuse_unsupported(shapes, path)
     if isinstance(entry_config, Path):
         if not (entry_config / "unet" / "config.json").is_file():
             raise ModelError(f"config folder {entry_config} has no unet/config.json (is it a diffusers config folder?)")
         return detect_folder_family(entry_config), entry_config
     if entry_config is not None:
         return entry_config, family_config_dir(entry_config)
-    family = detect_checkpoint_family(checkpoint_shapes(path), path)
+    assert shapes is not None
+    family = detect_checkpoint_family(shapes, path)
     if family is None:
         raise ModelError(
             f"cannot tell which model family {path.name} is (its cross-attention is neither 768 nor 1024 wide); "
@@ -372,6 +418,9 @@ def _check_model_index(folder: Path) -> None:
     """Refuse folders whose parts are custom classes: we would load them wrongly, and never run their code."""
     if not (folder / "unet").is_dir():
         raise ModelError(f"{folder} is not a diffusers model folder (no unet/ inside)")
+    kind = unsupported_folder(folder)
+    if kind is not None:
+        raise ModelError(f"{folder.name} is {kind}; invoke-repl runs SD 1.x and 2.x text-to-image models only")
     for part in ("unet", "vae", "text_encoder"):
         if (folder / part).is_dir() and not part_weight_files(folder / part)[0]:
             raise ModelError(f"{folder}: its {part}/ folder holds no weights (.safetensors or .bin)")
@@ -399,6 +448,7 @@ def _load_single_file(entry: ModelEntry, dtype: torch.dtype | None) -> Component
     family, config = checkpoint_plan(entry.config, path)
     state = read_checkpoint(path)
     state.pop("global_step", None)
+    _refuse_unsupported({k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}, path)
     if not any(k.startswith(UNET_PREFIX) for k in state):
         raise ModelError(f"{path.name} is not a Stable Diffusion checkpoint (no {UNET_PREFIX}* weights)")
     part = "UNet"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -368,3 +369,44 @@ def test_family_hints_from_the_file_name_and_sidecars(tmp_path):
     broken.write_text("model: [unclosed\n")
     (tmp_path / "finetune.yml").write_text("model:\n  params:\n    parameterization: v\n")
     assert detect_checkpoint_family(shapes, tmp_path / "finetune.safetensors") == "sd-2-v"
+
+
+@pytest.mark.parametrize(
+    ("change", "kind"),
+    [
+        ("inpainting", "an inpainting model (9 UNet input channels, not 4)"),
+        ("sdxl", "an SDXL checkpoint"),
+    ],
+)
+def test_models_of_other_kinds_are_named_not_misloaded(tiny_store, tmp_path, change, kind):
+    """An inpainting or SDXL file used to fail with a shape mismatch and advice to set config:, which cannot help."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tiny_store["safetensors"]))
+    if change == "inpainting":
+        w = state["model.diffusion_model.input_blocks.0.0.weight"]
+        state["model.diffusion_model.input_blocks.0.0.weight"] = torch.cat(
+            [w, torch.zeros(w.shape[0], 5, *w.shape[2:])], 1
+        )
+    else:
+        state["conditioner.embedders.1.model.text_projection"] = torch.zeros(4, 4)
+    path = tmp_path / f"{change}.safetensors"
+    save_file(state, str(path))
+    for config in (None, tiny_store["config"], "sd-1"):
+        with pytest.raises(ModelError, match=f"{path.name} is {re.escape(kind)}; invoke-repl runs SD 1.x and 2.x"):
+            load_entry(_entry(path, config, tmp_path), HashCache(tmp_path / "h.json"))
+    ckpt = tmp_path / f"{change}.ckpt"
+    torch.save({"state_dict": state}, ckpt)
+    with pytest.raises(ModelError, match=re.escape(kind)):  # a .ckpt with its family set: checked once read
+        load_entry(_entry(ckpt, "sd-1", tmp_path), HashCache(tmp_path / "h.json"))
+
+
+def test_an_inpainting_diffusers_folder_is_named(tiny_store, tmp_path):
+    import shutil
+
+    folder = tmp_path / "inpaint"
+    shutil.copytree(tiny_store["folder"], folder)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "in_channels": 9}))
+    with pytest.raises(ModelError, match=r"inpaint is an inpainting model \(9 UNet input channels, not 4\)"):
+        load_entry(_entry(folder, None, tmp_path, fmt="diffusers"), HashCache(tmp_path / "h.json"))
