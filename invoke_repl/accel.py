@@ -447,7 +447,10 @@ def unet_forward(components: Components, sample: torch.Tensor, context: torch.Te
 
     def capture_then_compile(latents: Any, t: Any, **kwargs: Any) -> Any:
         out = graphed(latents, t, **kwargs)  # captures the graph when the GPU is free (else tried next step)
-        if graphs.serves(key, forward):
+        # Only while this forward is still the newest: a stage that finished during this batch published another
+        # one, and the stage after it must wait for that one's graph, not this one's.
+        entry = registry.entries.get(key)
+        if entry is not None and entry.forward in (None, forward) and graphs.serves(key, forward):
             registry.release(key)
         return out
 

@@ -302,13 +302,14 @@ class Catalogue:
         def change(entries: dict[str, ModelEntry], target: Path) -> dict[str, ModelEntry]:
             old = _get(entries, name, target)
             raw = old.to_yaml(target.parent)
+            new_format = fields.get("format") or old.format  # `format=builtin path=tiny-random` edits both at once
             for key, value in fields.items():
                 if value is None or value == "":
                     raw.pop(key, None)
                     continue
                 value = coerce_field(key, value)
                 if base is not None and key in ("path", "vae", "config") and isinstance(value, str):
-                    if not (key == "config" and value in FAMILIES) and not (key == "path" and old.format == "builtin"):
+                    if not (key == "config" and value in FAMILIES) and not (key == "path" and new_format == "builtin"):
                         value = str(_resolve(value, base).resolve())
                 raw[key] = value
             entry = parse_entry(name, raw, target.parent, str(target))

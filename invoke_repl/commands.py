@@ -571,23 +571,36 @@ _DASHED = re.compile(r"(?<!\S)[\u2013\u2014]{1,2}([A-Za-z][\w-]*)")
 def _typographic_dashes(text: str, notices: list[str] | None) -> str:
     """`–seed 5` → `--seed 5`: editors and chat apps turn a typed "--" into an en or em dash, and the line would
     otherwise run with that switch as part of a bare prompt (here: a random seed). Only a dash directly before a
-    long switch's name counts, and never inside a quoted prompt."""
-    start = 0
-    if text and text[0] in _QUOTES:
-        try:
-            _, start = _scan_quoted(text, 0, lambda j: True, "prompt")
-        except ParseError:
-            return text  # the parser reports the unclosed quote
+    long switch's name counts, and never inside quotes (a quoted prompt, a quoted file name)."""
+    if "\u2013" not in text and "\u2014" not in text:
+        return text
+    quoted = _quoted_spans(text)
 
     def fix(match: re.Match[str]) -> str:
         name = "--" + match.group(1).lower().replace("_", "-")
-        if name not in _LONG:
+        if name not in _LONG or any(a <= match.start() < b for a, b in quoted):
             return match.group(0)
         if notices is not None:
             notices.append(f"read {match.group(0)} as {name} (a typographic dash)")
         return "--" + match.group(1)
 
-    return text[:start] + _DASHED.sub(fix, text[start:])
+    return _DASHED.sub(fix, text)
+
+
+def _quoted_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each quoted stretch: a quote opens at the start of a word and closes at the next unescaped
+    same quote (an unclosed one runs to the end)."""
+    spans, i, n = [], 0, len(text)
+    while i < n:
+        if text[i] in _QUOTES and (i == 0 or text[i - 1].isspace()):
+            j = i + 1
+            while j < n and text[j] != text[i]:
+                j += 2 if text[j] == "\\" else 1
+            spans.append((i, j + 1))
+            i = j + 1
+        else:
+            i += 1
+    return spans
 
 
 def _split_prompt(s: str) -> tuple[str, str, int]:

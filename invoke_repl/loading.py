@@ -46,16 +46,15 @@ _CROSS_ATTN_KEY = re.compile(r"^model\.diffusion_model\..*\.attn2\.to_k\.weight$
 # Training-state classes that plain SD .ckpt files carry beside their weights (sd-v1-4.ckpt has a Lightning
 # ModelCheckpoint callback). torch's weights-only unpickler may rebuild them as inert stand-ins: no code of theirs
 # runs, and their contents are thrown away. Anything else outside torch's allowlist is refused.
-# Its score may be a numpy float64, pickled through numpy's scalar constructor, its dtype and `_codecs.encode` for
-# the raw bytes (ComfyUI allow-lists the same names "for safe loading of old sd files", its PR #10333); all of those
-# become stand-ins too, so numpy is never called either.
+# Its score may be a numpy float64, pickled through numpy's scalar constructor and its dtype (ComfyUI allow-lists
+# the same names "for safe loading of old sd files", its PR #10333); those become stand-ins too, so numpy is never
+# called. (`_codecs.encode`, for the raw bytes, is on torch's own allowlist already.)
 _INERT_GLOBALS = (
     "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
     "numpy.core.multiarray.scalar",
     "numpy._core.multiarray.scalar",
     "numpy.dtype",
     "numpy.dtypes.Float64DType",
-    "_codecs.encode",
 )
 
 BUILTIN_RECIPES: dict[str, Callable[[], Components]] = {"tiny-random": build_tiny_random}

@@ -534,8 +534,9 @@ def _floor8(value: int, name: str, said: list[str]) -> int:
     a typed line floors those with a notice, and so does a fetched one."""
     if value <= 0 or value % 8 == 0:
         return value
-    said.append(f"the PNG's {name} {value} is floored to {value // 8 * 8} (a multiple of 8)")
-    return max(8, value // 8 * 8)
+    floored = max(8, value // 8 * 8)
+    said.append(f"the PNG's {name} {value} becomes {floored} (a multiple of 8)")
+    return floored
 
 
 def request_from_invokeai_metadata(meta: Mapping[str, Any], notices: list[str] | None = None) -> Request:

@@ -230,7 +230,8 @@ class ModelManager:
         threading.Thread(target=work, name=f"load-{name}", daemon=True).start()
 
     def switch(self, name: str) -> Components:
-        """Make `name` active. A failed load leaves the previous model active and raises ModelError saying why."""
+        """Make `name` active. A failed load leaves the previous model active (by name: if it was dropped to make
+        room on a CPU with RAM for one model, the next line loads it again) and raises ModelError saying why."""
         self.catalogue.get(name)
         components = self._ensure(name)
         with self._lock:

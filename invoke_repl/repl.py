@@ -232,7 +232,7 @@ def prompt_text(session: Session) -> str:
 
 def run_interactive(session: Session, history: CommandHistory, **prompt_options: Any) -> int:
     """Loop until Ctrl-D or !quit; returns the exit status (always 0: errors were shown and survived)."""
-    session.history[:0] = [line for line in history.read_lines() if session.keeps_in_history(line)]
+    session.history[:0] = session.numbered_history(history.read_lines())
     prompt: PromptSession[str] = PromptSession(
         history=history,
         auto_suggest=AutoSuggestFromHistory(),

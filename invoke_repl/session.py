@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from invoke_repl import __version__
-from invoke_repl.commands import BangCommand, ParseError, canonical, help_text, parse
+from invoke_repl.commands import DIALECTS, BangCommand, ParseError, canonical, help_text, parse
 from invoke_repl.request import PREVIOUS, PREVIOUS_IMAGE, Request, RequestError
 
 if TYPE_CHECKING:
@@ -141,12 +141,27 @@ class Session:
         return failed
 
     def keeps_in_history(self, line: str) -> bool:
-        """Whether `run_line` would number `line` in the history (`!NN`, `!history`): a history file read back at
-        start-up is filtered the same way, so a line keeps its number after a restart."""
+        """Whether `run_line` would number `line` in the history (`!NN`, `!history`) under the current dialect."""
         try:
             return _remembered(parse(line, self.dialect))
         except (ParseError, RequestError):
             return False
+
+    def numbered_history(self, lines: Iterable[str]) -> list[str]:
+        """The lines of a history file that `run_line` numbered when they were typed, so `!NN` still names the same
+        line after a restart. Each is read under the dialect in force when it was typed: `!dialect NAME` lines
+        switch it as they did then (a history typed in `legacy` read under `guide` lost its `-s 50` lines)."""
+        dialect, kept = self.dialect, []
+        for line in lines:
+            try:
+                parsed = parse(line, dialect)
+            except (ParseError, RequestError):
+                continue
+            if isinstance(parsed, BangCommand) and parsed.name == "dialect" and parsed.args in DIALECTS:
+                dialect = parsed.args
+            if _remembered(parsed):
+                kept.append(line.strip())
+        return kept
 
     def run_lines(self, lines: Iterable[str], source: str | None = None) -> tuple[int, bool]:
         """Scripted mode: every line is a command; errors go to `err` as `line N: message`.
@@ -217,9 +232,9 @@ class Session:
                 path = outputs.save_image(
                     outdir, prefix, generated, model_hash=components.sha256, app_version=__version__
                 )
-                # Another process took this prefix for the same seed: the rest of the command (and its grid)
-                # follows the bump, so one command's images still share one prefix.
-                prefix = outputs.prefix_of(path)
+                # Another process took this prefix for the same seed: the rest of the command follows the bump, so
+                # its images share a prefix from there on.
+                prefix = outputs.prefix_of(path)  # (the grid stays with the command's first image)
                 first_prefix = prefix if first_prefix is None else first_prefix
                 made.append(generated)
                 self._announce(outdir, path, generated)  # saved is said at once, whatever happens to its strip

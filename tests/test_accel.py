@@ -602,6 +602,46 @@ def test_each_compile_stage_waits_until_the_forward_serving_now_has_its_graph():
     assert order == ["capture eager", "compile regional", "capture regional", "compile full"]
 
 
+def test_a_stage_finishing_mid_batch_does_not_let_the_next_one_start_on_the_old_graph():
+    """The batch's forward is chosen once; a stage published during the batch must get its own graph (next
+    command) before the stage after it may take the GPU, however many more steps the old forward runs."""
+    import types
+
+    order: list[str] = []
+
+    def unet(x, t, encoder_hidden_states=None, return_dict=False):
+        return (x * 1.0,)
+
+    def capture(forward, latents, t, context):
+        order.append("capture " + ("eager" if forward is unet else "regional"))
+        return lambda s, ts, *, encoder_hidden_states, return_dict=False: forward(
+            s, ts, encoder_hidden_states=encoder_hidden_states
+        )
+
+    def stage(label):
+        def build(u):
+            order.append("compile " + label)
+            return lambda *a, **k: u(*a, **k)
+
+        return build
+
+    components = types.SimpleNamespace(extras={}, unet=unet, device=torch.device("cpu"))
+    components.extras["cuda_graphs"] = accel.CudaGraphs(capture_fn=capture)
+    registry = components.extras["compiled_unets"] = accel.CompiledUNets(
+        stages=(("regional", stage("regional")), ("full", stage("full")))
+    )
+    x, context = torch.zeros(2, 4, 8, 8), torch.zeros(2, 77, 32)
+    batch = accel.unet_forward(components, x, context)  # one batch: its forward is fixed
+    batch(x, torch.tensor(1.0), encoder_hidden_states=context, return_dict=False)  # captures eager, releases
+    assert registry.wait_for_stage("regional", 10)
+    batch(x, torch.tensor(1.0), encoder_hidden_states=context, return_dict=False)  # same batch, the old forward
+    assert not registry.wait_for_stage("full", 0.3)
+    nxt = accel.unet_forward(components, x, context)  # the next command: the regional forward, captured
+    nxt(x, torch.tensor(1.0), encoder_hidden_states=context, return_dict=False)
+    assert registry.wait_for_stage("full", 10)
+    assert order == ["capture eager", "compile regional", "capture regional", "compile full"]
+
+
 def test_a_compile_of_a_model_that_moved_publishes_nothing():
     components = build_tiny_random()
     fake = FakeCompiler()

@@ -247,3 +247,13 @@ def test_relative_paths_of_an_edit_resolve_against_the_given_folder(tmp_path):
     assert entry.path == work / "models" / "a-v2" and entry.config == "sd-1"
     assert entry.vae == Path.home() / "vae.safetensors"
     assert Catalogue.load(path).get("a").path == work / "models" / "a-v2"
+
+
+def test_an_edit_of_format_and_path_together_reads_the_path_for_the_new_format(tmp_path):
+    path = tmp_path / "config" / "models.yaml"
+    path.parent.mkdir()
+    path.write_text("a:\n  format: diffusers\n  path: /models/a\nb:\n  format: builtin\n  path: tiny-random\n")
+    work = tmp_path / "work"
+    catalogue = Catalogue.load(path)
+    assert catalogue.update("a", {"format": "builtin", "path": "tiny-random"}, base=work).format == "builtin"
+    assert catalogue.update("b", {"format": "diffusers", "path": "mymodel"}, base=work).path == work / "mymodel"

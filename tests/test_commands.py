@@ -335,6 +335,7 @@ def test_typographic_dashes_before_a_switch_name_are_read_as_two_hyphens() -> No
     # A dash in the prompt's own text, a dash before a word that is no switch, and quoted prompts stay as typed.
     assert parse("a bird \u2013 flying \u2013high", notices=notices).prompt == "a bird \u2013 flying \u2013high"
     assert parse('"a cat \u2013seed 5" --steps 3', notices=notices).prompt == "a cat \u2013seed 5"
+    assert parse('"x" -S3 -I "old \u2014seed.png"', notices=notices).init_img == "old \u2014seed.png"
     assert notices == []
 
 

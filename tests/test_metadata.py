@@ -606,6 +606,6 @@ def test_a_fetched_size_that_is_not_a_multiple_of_8_is_floored_with_a_notice() -
     request = request_from_parameters("a cat\nSteps: 20, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 500x300", notices)
     assert (request.width, request.height) == (496, 296)
     assert notices == [
-        "the PNG's width 500 is floored to 496 (a multiple of 8)",
-        "the PNG's height 300 is floored to 296 (a multiple of 8)",
+        "the PNG's width 500 becomes 496 (a multiple of 8)",
+        "the PNG's height 300 becomes 296 (a multiple of 8)",
     ]

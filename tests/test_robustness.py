@@ -451,8 +451,11 @@ def test_history_numbers_are_the_same_after_a_restart(manager: Any, tmp_path: Pa
     for line in typed:
         first.run_line(line)
     restarted = make_session(manager, tmp_path / "out")
-    assert [line for line in typed if restarted.keeps_in_history(line)] == first.history
+    assert restarted.numbered_history(typed) == first.history
     assert first.history == ["!dialect legacy", "!dialect guide", "!help"]
+    # A line valid only in the dialect it was typed in keeps its number too.
+    legacy = ["!dialect legacy", '"cat" -s 50 -S 7', "!dialect guide", '"cat" -S 50 -s 0.5 -I x.png']
+    assert make_session(manager, tmp_path / "out").numbered_history(legacy) == legacy
 
 
 def test_fetch_of_a_folder_says_it_is_not_a_file(manager: Any, tmp_path: Path) -> None:
