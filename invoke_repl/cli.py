@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_loaded_models < 1:
         print("invoke-repl: --max-loaded-models must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    if args.models is not None and not args.models.expanduser().is_file():
+        print(f"invoke-repl: --models {args.models}: no such file", file=sys.stderr)
+        return EXIT_USAGE
     if args.model is not None:
         problem = _unknown_start_model(args)
         if problem:
@@ -94,9 +97,35 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         compile_unet=args.compile == "on" or (args.compile == "auto" and not scripted),
     )
-    if scripted:
-        return run_script(session, args)
-    return run_terminal(session, args)
+    status: int | None = None
+    try:
+        status = run_script(session, args) if scripted else run_terminal(session, args)
+        return status
+    finally:
+        _settle(session, status)
+
+
+_WARM_UP: list[threading.Thread] = []
+
+
+def _settle(session: Session, status: int | None) -> None:
+    """Let background start-up work (torch's import, the default model's load) end before the interpreter shuts
+    down: exiting while a thread is inside torch's C++ code aborts the process (see `ModelManager.settle`). An
+    interrupted run does not wait for a load (Ctrl-C must exit at once): with one still running it leaves without
+    the interpreter's shutdown, every file it wrote being closed already."""
+    if status is None:  # an exception is on its way out: let it
+        return
+    if status == EXIT_INTERRUPTED:
+        busy = any(thread.is_alive() for thread in _WARM_UP) or (session.manager_ready and session.manager.loading())
+        if busy:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+        return
+    for thread in _WARM_UP:
+        thread.join()
+    if session.manager_ready:
+        session.manager.settle()
 
 
 def _unknown_start_model(args: argparse.Namespace) -> str | None:
@@ -154,7 +183,9 @@ def run_terminal(session: Session, args: argparse.Namespace) -> int:
 
     history = CommandHistory(args.history_file or default_history_file(), warn, owned=args.history_file is None)
     # Load torch, diffusers and the default model while the user types the first line.
-    threading.Thread(target=_warm_up, args=(session,), daemon=True, name="invoke-repl-warm-up").start()
+    warm_up = threading.Thread(target=_warm_up, args=(session,), daemon=True, name="invoke-repl-warm-up")
+    _WARM_UP.append(warm_up)
+    warm_up.start()
     return run_interactive(session, history)
 
 

@@ -146,7 +146,7 @@ SWITCHES: tuple[Switch, ...] = (
         "a width in pixels",
         f"a width ({MIN_SIZE}–{MAX_SIZE})",
         "width",
-        "image width, a multiple of 8 (default: the model's native size)",
+        "image width, a multiple of 8 (default: the model's native size; img2img: the init image's)",
     ),
     Switch(
         "height",
@@ -157,7 +157,7 @@ SWITCHES: tuple[Switch, ...] = (
         "a height in pixels",
         f"a height ({MIN_SIZE}–{MAX_SIZE})",
         "height",
-        "image height, a multiple of 8 (default: the model's native size)",
+        "image height, a multiple of 8 (default: the model's native size; img2img: the init image's)",
     ),
     Switch(
         "cfg_scale",
@@ -225,7 +225,7 @@ SWITCHES: tuple[Switch, ...] = (
         "",
         "",
         "save steps",
-        "also save a strip with a preview of every step",
+        "also save a strip with a preview of every step actually taken",
     ),
     Switch(
         "outdir",
@@ -829,7 +829,8 @@ def parse(line: str, dialect: str = "guide", notices: list[str] | None = None) -
     values["negative"] = ", ".join(part for part in (negative, switch_negative or "") if part)
     unused = [name for name, field in (("--strength", "strength"), ("--fit", "fit")) if values.get(field)]
     if unused and values.get("init_img") is None and notices is not None:
-        notices.append(f"{' and '.join(unused)} only act on an init image (-I); this line is txt2img")
+        verb = "acts" if len(unused) == 1 else "act"
+        notices.append(f"{' and '.join(unused)} only {verb} on an init image (-I); this line is txt2img")
     try:
         return Request(prompt=prompt, **values)  # type: ignore[arg-type]
     except RequestError as exc:

@@ -369,7 +369,7 @@ def _load_folder(entry: ModelEntry, dtype: torch.dtype | None) -> Components:
 
     folder = entry.path
     assert folder is not None
-    _check_model_index(folder)
+    check_folder(folder)
     for part in ("text_encoder",) if entry.vae is not None else ("vae", "text_encoder"):
         if not (folder / part).is_dir():
             hint = " (or set vae: in its entry)" if part == "vae" else ""
@@ -413,7 +413,7 @@ _KNOWN_PARTS = {
 }
 
 
-def _check_model_index(folder: Path) -> None:
+def check_folder(folder: Path) -> None:
     """Refuse folders whose parts are custom classes: we would load them wrongly, and never run their code."""
     if not (folder / "unet").is_dir():
         raise ModelError(f"{folder} is not a diffusers model folder (no unet/ inside)")

@@ -484,6 +484,8 @@ def request_from_parameters(text: str, notices: list[str] | None = None) -> Requ
     if "Steps" not in s and "Seed" not in s:
         raise MetadataError("parameters has no Steps/Seed settings line")
     said: list[str] = []
+    if re.search(r"<(?:lora|lyco|hypernet):", prompt, re.IGNORECASE) or "Lora hashes" in s:
+        said.append("the PNG's prompt uses LoRAs (<lora:…>), which invoke-repl does not load; remove them to run it")
     sampler = _sampler(s.get("Sampler"), said)
     schedule = str(s.get("Schedule type", "")).strip()
     if sampler is not None and schedule.lower() not in ("", "automatic", "uniform"):

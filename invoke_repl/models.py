@@ -131,6 +131,7 @@ class ModelManager:
         self._pending: dict[str, Future[Components]] = {}
         self._active: str | None = None
         self._thread = threading.local()  # .background is set in the start-up load thread
+        self._loaders: list[threading.Thread] = []
 
     # ------------------------------------------------------------------------------------------ queries
     @property
@@ -227,7 +228,20 @@ class ModelManager:
             with contextlib.suppress(BaseException):  # the waiting get() re-raises it
                 self._load_claimed(name, future)
 
-        threading.Thread(target=work, name=f"load-{name}", daemon=True).start()
+        loader = threading.Thread(target=work, name=f"load-{name}", daemon=True)
+        self._loaders.append(loader)
+        loader.start()
+
+    def loading(self) -> bool:
+        """Whether a background load is still running."""
+        return any(loader.is_alive() for loader in self._loaders)
+
+    def settle(self) -> None:
+        """Wait for background loads to end. The process must not exit in the middle of one: a thread still
+        inside torch's C++ code when the interpreter shuts down aborts it ("terminate called without an active
+        exception", exit status 134), which a script ending with `!models` while the default loaded hit 5 times in 5."""
+        for loader in list(self._loaders):
+            loader.join()
 
     def switch(self, name: str) -> Components:
         """Make `name` active. A failed load leaves the previous model active (by name: if it was dropped to make
@@ -274,6 +288,9 @@ class ModelManager:
         if source.is_dir():
             if not (source / "unet" / "config.json").is_file():
                 raise ModelError(f"!import_model: {source} is not a diffusers folder (no unet/config.json)")
+            from invoke_repl.loading import check_folder
+
+            check_folder(source)  # an SDXL, inpainting or custom-code folder is refused now, not at first use
             fields["format"] = "diffusers"
             family = config_value if isinstance(config_value, str) else detect_folder_family(source)
             size = folder_native_size(source)

@@ -188,3 +188,18 @@ def test_an_unknown_start_model_stops_before_any_line_runs(workdir: Path) -> Non
     assert result.returncode == 2
     assert "--model nonexist: no model named 'nonexist'" in result.stderr and "known: tiny-random" in result.stderr
     assert not (workdir / "D").exists()
+
+
+def test_a_script_that_ends_while_the_default_model_loads_exits_cleanly(tmp_path: Path) -> None:
+    """`!models` creates the manager, whose default model loads in a thread; exiting in the middle of that load
+    aborted the interpreter ("terminate called without an active exception", exit 134) most of the time."""
+    (tmp_path / "one.yaml").write_text("solo:\n  format: builtin\n  path: tiny-random\n")
+    for _ in range(3):
+        result = run_cli(["--models", "one.yaml", "--no-progress"], tmp_path, stdin="!models\n")
+        assert result.returncode == 0, result.stderr[-500:]
+        assert "solo" in result.stdout
+
+
+def test_a_missing_models_file_is_a_start_up_error(tmp_path: Path) -> None:
+    result = run_cli(["--models", "absent.yaml"], tmp_path, stdin='"x" -S2\n!models\n')
+    assert result.returncode == 2 and result.stderr.strip() == "invoke-repl: --models absent.yaml: no such file"

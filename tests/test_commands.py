@@ -343,6 +343,8 @@ def test_strength_or_fit_without_an_init_image_says_it_does_nothing() -> None:
     notices: list[str] = []
     parse('"x" -s0.7 -T', notices=notices)
     assert notices == ["--strength and --fit only act on an init image (-I); this line is txt2img"]
+    parse('"x" -s0.7', notices=notices)
+    assert notices[1] == "--strength only acts on an init image (-I); this line is txt2img"
     notices.clear()
     parse('"x" -s0.7 -I a.png', notices=notices)
     parse('"x" -S10', notices=notices)

@@ -609,3 +609,10 @@ def test_a_fetched_size_that_is_not_a_multiple_of_8_is_floored_with_a_notice() -
         "the PNG's width 500 becomes 496 (a multiple of 8)",
         "the PNG's height 300 becomes 296 (a multiple of 8)",
     ]
+
+
+def test_a_fetched_a1111_prompt_with_loras_says_they_are_not_loaded() -> None:
+    notices: list[str] = []
+    text = "a cat <lora:add_detail:0.8>\nSteps: 20, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 64x64"
+    assert request_from_parameters(text, notices).prompt == "a cat <lora:add_detail:0.8>"
+    assert notices == ["the PNG's prompt uses LoRAs (<lora:…>), which invoke-repl does not load; remove them to run it"]

@@ -379,3 +379,16 @@ def test_cuda_tier_moves_to_ram_or_drops_by_measured_memory(tmp_path, user_dirs,
     with pytest.raises(ModelError, match="not enough device memory"):
         manager.switch("m3")
     assert manager.active_name == "m1"
+
+
+def test_import_refuses_an_sdxl_or_inpainting_folder_at_once(tiny_store, tmp_path, user_dirs):
+    import json
+
+    manager = ModelManager(Catalogue.find(), device="cpu")
+    for name, change in (("sdxl", {"addition_embed_type": "text_time"}), ("inpaint", {"in_channels": 9})):
+        folder = model_dir_copy(tiny_store, tmp_path, name)
+        config = json.loads((folder / "unet" / "config.json").read_text())
+        (folder / "unet" / "config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(ModelError, match=f"{name} is an? (SDXL|inpainting) model"):
+            manager.import_model(folder)
+    assert "sdxl" not in Catalogue.find().names() and "inpaint" not in Catalogue.find().names()

@@ -470,8 +470,9 @@ def test_a_lora_in_the_prompt_is_refused_not_silently_dropped(manager: Any, tmp_
         '"withLora(foo)" -S2 --seed 1',
         '"withLora(foo, 0.5) a cat" -S2 --seed 1',
         '"a" --negative "withLora(x)" -S1',
+        '"a cat <lora:add_detail:0.8>" -S2 --seed 1',
     ):
-        one_line_error(session.run_line(line), "withLora(...) asks for a LoRA")
+        one_line_error(session.run_line(line), "asks for a LoRA, and invoke-repl loads none")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.png"))
 
 

@@ -31,8 +31,8 @@ def encode_prompts(components: Components, prompt: str, negative: str = "") -> t
     for text in (prompt, negative):
         if _LORA.search(text):
             raise PromptError(
-                "withLora(...) asks for a LoRA, and invoke-repl loads none, so the image would be made without it; "
-                "remove withLora(...) from the prompt"
+                "withLora(...) or <lora:…> asks for a LoRA, and invoke-repl loads none, so the image would be made "
+                "without it; remove it from the prompt"
             )
     from compel import Compel
 
@@ -59,7 +59,7 @@ class PromptError(ValueError):
     """A prompt that cannot be turned into conditioning, said in one line."""
 
 
-_LORA = re.compile(r"withLora\s*\(", re.IGNORECASE)
+_LORA = re.compile(r"withLora\s*\(|<(?:lora|lyco|hypernet):", re.IGNORECASE)  # compel's and AUTOMATIC1111's
 
 
 # Words, digits, spaces and commas only: nothing compel's grammar gives a meaning to (weights, blends, escapes).
