@@ -29,8 +29,9 @@ def eager_regional_compile(unet):
     return accel.regional_compile(unet, backend="eager")
 
 
-def test_every_gpu_scenario_runs_end_to_end_on_a_dry_run(tmp_path, capsys):
-    plan = bench.GpuPlan(
+def dry_run_plan() -> bench.GpuPlan:
+    """The GPU check on the CPU: the tiny model, 2 steps at 32², fake compile and capture, Dynamo's eager backend."""
+    return bench.GpuPlan(
         device="cpu",
         dtype="float32",
         size=32,
@@ -40,6 +41,10 @@ def test_every_gpu_scenario_runs_end_to_end_on_a_dry_run(tmp_path, capsys):
         regional_fn=eager_regional_compile,
         capture_fn=passthrough_capture,
     )
+
+
+def test_every_gpu_scenario_runs_end_to_end_on_a_dry_run(tmp_path, capsys):
+    plan = dry_run_plan()
     reported: list[str] = []
     results = bench.bench_gpu(
         list(bench.GPU_SCENARIOS), 1, plan, report=lambda new: reported.extend(r.scenario for r in new)
@@ -102,16 +107,7 @@ def test_a_failing_gpu_row_is_reported_and_the_rows_after_it_still_run(monkeypat
         raise RuntimeError("inductor ran out of shared memory")
 
     monkeypatch.setattr(bench, "bench_compile_cache", broken)
-    plan = bench.GpuPlan(
-        device="cpu",
-        dtype="float32",
-        size=32,
-        steps=2,
-        build=build_tiny_random,
-        compile_fn=identity_compile,
-        regional_fn=eager_regional_compile,
-        capture_fn=passthrough_capture,
-    )
+    plan = dry_run_plan()
     reported: list[str] = []
     scenarios = ["gpu_txt2img_k_lms", "gpu_compile_cache", "gpu_cold_start"]
     results = bench.bench_gpu(scenarios, 1, plan, report=lambda new: reported.extend(r.scenario for r in new))

@@ -36,6 +36,19 @@ def _catalogue(tmp_path: Path, body: str) -> Catalogue:
 TINY_ONLY = "tiny:\n  format: builtin\n  path: tiny-random\n  default: true\n"
 
 
+def held_loads(monkeypatch) -> threading.Event:
+    """Every model read waits for the returned event (up to 10 s): a load that is still running when it matters."""
+    release = threading.Event()
+    real = loading.load_entry
+
+    def slow(entry, *args, **kwargs):
+        release.wait(10)
+        return real(entry, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_entry", slow)
+    return release
+
+
 @pytest.fixture
 def count_loads(monkeypatch):
     """Count every read of a model from disk (or a builtin build): the manager's only way to get weights."""
@@ -154,14 +167,7 @@ def test_failed_switch_leaves_the_previous_model_active(tiny_store, tmp_path, us
 
 
 def test_background_load_returns_at_once_and_get_waits(tmp_path, user_dirs, monkeypatch):
-    release = threading.Event()
-    real = loading.load_entry
-
-    def slow(entry, *args, **kwargs):
-        release.wait(10)
-        return real(entry, *args, **kwargs)
-
-    monkeypatch.setattr(loading, "load_entry", slow)
+    release = held_loads(monkeypatch)
     manager = ModelManager(_catalogue(tmp_path, TINY_ONLY), device="cpu")
     started = time.monotonic()
     manager.start_background_load()
@@ -318,14 +324,7 @@ def test_with_ram_for_one_model_a_switch_replaces_the_active_one(tiny_store, tmp
 
 
 def test_an_edit_made_while_the_model_loads_in_the_background_applies(tmp_path, user_dirs, monkeypatch):
-    release = threading.Event()
-    real = loading.load_entry
-
-    def slow(entry, *args, **kwargs):
-        release.wait(10)
-        return real(entry, *args, **kwargs)
-
-    monkeypatch.setattr(loading, "load_entry", slow)
+    release = held_loads(monkeypatch)
     manager = ModelManager(_catalogue(tmp_path, TINY_ONLY), device="cpu")
     manager.start_background_load()
     threading.Timer(0.2, release.set).start()
