@@ -237,12 +237,16 @@ def test_a_symlinked_catalogue_stays_a_link_with_its_permissions(tmp_path):
     assert dotfiles.stat().st_mode & 0o777 == 0o644
 
 
-def test_relative_paths_of_an_edit_resolve_against_the_given_folder(tmp_path):
+def _catalogue_in_config(tmp_path: Path, text: str) -> tuple[Path, Catalogue, Path]:
+    """(file, catalogue, working folder): a catalogue in its own folder, edited from another one."""
     path = tmp_path / "config" / "models.yaml"
     path.parent.mkdir()
-    path.write_text("a:\n  format: diffusers\n  path: /elsewhere/a\n")
-    work = tmp_path / "work"
-    catalogue = Catalogue.load(path)
+    path.write_text(text)
+    return path, Catalogue.load(path), tmp_path / "work"
+
+
+def test_relative_paths_of_an_edit_resolve_against_the_given_folder(tmp_path):
+    path, catalogue, work = _catalogue_in_config(tmp_path, "a:\n  format: diffusers\n  path: /elsewhere/a\n")
     entry = catalogue.update("a", {"path": "models/a-v2", "vae": "~/vae.safetensors", "config": "sd-1"}, base=work)
     assert entry.path == work / "models" / "a-v2" and entry.config == "sd-1"
     assert entry.vae == Path.home() / "vae.safetensors"
@@ -250,10 +254,7 @@ def test_relative_paths_of_an_edit_resolve_against_the_given_folder(tmp_path):
 
 
 def test_an_edit_of_format_and_path_together_reads_the_path_for_the_new_format(tmp_path):
-    path = tmp_path / "config" / "models.yaml"
-    path.parent.mkdir()
-    path.write_text("a:\n  format: diffusers\n  path: /models/a\nb:\n  format: builtin\n  path: tiny-random\n")
-    work = tmp_path / "work"
-    catalogue = Catalogue.load(path)
+    text = "a:\n  format: diffusers\n  path: /models/a\nb:\n  format: builtin\n  path: tiny-random\n"
+    _, catalogue, work = _catalogue_in_config(tmp_path, text)
     assert catalogue.update("a", {"format": "builtin", "path": "tiny-random"}, base=work).format == "builtin"
     assert catalogue.update("b", {"format": "diffusers", "path": "mymodel"}, base=work).path == work / "mymodel"
