@@ -394,7 +394,19 @@ def _parse_bang(text: str) -> BangCommand:
 
 
 # --------------------------------------------------------------------------------------------------- lexing
-_QUOTES = "\"'"
+# Opening quote → the quotes that may close it. Phones, word processors and chat apps turn typed quotes into
+# typographic ones (“…”, ‘…’, „…“, «…»); a pasted “fire” -I “my drawing.png” means what "fire" -I "my drawing.png"
+# means, where it was once a prompt with quote marks in it and a file name cut at its space.
+QUOTE_PAIRS: Mapping[str, str] = {
+    '"': '"',
+    "'": "'",
+    "\u201c": "\u201d\u201c",
+    "\u201e": "\u201c\u201d",
+    "\u2018": "\u2019\u2018",
+    "\u00ab": "\u00bb",
+}
+_QUOTES = "".join(QUOTE_PAIRS)
+TYPOGRAPHIC_QUOTES = _QUOTES[2:]
 _ESCAPABLE = "\\\"'[]"
 _INVOKE_PREFIX = re.compile(r"^(?:\(?[^\s\"'()]+\)?\s+)?invoke>\s*")
 # What the REPL prints after an image and writes to invoke_log.txt: `[N] PATH: LINE`. Replaying the log, or
@@ -440,6 +452,7 @@ def _scan_quoted(s: str, start: int, closes: Callable[[int], bool], where: str) 
     apostrophe inside a single-quoted prompt (`'a dog's life' -S10`) does not end it early.
     """
     quote = s[start]
+    closers = QUOTE_PAIRS[quote]
     chars: list[tuple[str, bool]] = []
     i = start + 1
     n = len(s)
@@ -449,7 +462,7 @@ def _scan_quoted(s: str, start: int, closes: Callable[[int], bool], where: str) 
             chars.append((s[i + 1], True))
             i += 2
             continue
-        if c == quote and closes(i + 1):
+        if c in closers and closes(i + 1):
             return chars, i + 1
         chars.append((c, False))
         i += 1
@@ -521,8 +534,12 @@ def _split_negative(chars: list[tuple[str, bool]]) -> tuple[str, str]:
 def _read_value_word(s: str, i: int) -> tuple[str, bool, int]:
     """A value right after `-X` or `--name=`: quoted or up to the next space. Returns (text, quoted, end)."""
     if i < len(s) and s[i] in _QUOTES:
-        chars, end = _scan_quoted(s, i, lambda j: j >= len(s) or s[j].isspace(), "a switch value")
-        return _unescape(chars), True, end
+        try:
+            chars, end = _scan_quoted(s, i, lambda j: j >= len(s) or s[j].isspace(), "a switch value")
+            return _unescape(chars), True, end
+        except ParseError:
+            if s[i] not in TYPOGRAPHIC_QUOTES:
+                raise
     end = i
     while end < len(s) and not s[end].isspace():
         end += 1
@@ -537,7 +554,7 @@ def _tokens(s: str, i: int) -> list[_Token]:
             i += 1
         if i >= n:
             return tokens
-        if s[i] in _QUOTES:
+        if s[i] in _QUOTES and s[i] not in TYPOGRAPHIC_QUOTES:
             chars, i = _scan_quoted(s, i, lambda j: j >= n or s[j].isspace(), "a switch value")
             tokens.append(_Token(_unescape(chars)))
         elif _is_switch_at(s, i):
@@ -594,7 +611,7 @@ def _quoted_spans(text: str) -> list[tuple[int, int]]:
     while i < n:
         if text[i] in _QUOTES and (i == 0 or text[i - 1].isspace()):
             j = i + 1
-            while j < n and text[j] != text[i]:
+            while j < n and text[j] not in QUOTE_PAIRS[text[i]]:
                 j += 2 if text[j] == "\\" else 1
             spans.append((i, j + 1))
             i = j + 1
@@ -603,31 +620,44 @@ def _quoted_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def _quoted_prompt(s: str) -> tuple[list[tuple[str, bool]], int]:
+    """The characters of a prompt quoted from s[0], and the index after its closing quote."""
+    n = len(s)
+
+    def closes(j: int) -> bool:
+        while j < n and s[j].isspace():
+            j += 1
+        return j >= n or _is_switch_at(s, j)
+
+    try:
+        return _scan_quoted(s, 0, closes, "prompt")
+    except ParseError:
+        # Is there a closing quote at all? Then the trouble is text between it and the first switch;
+        # if not, this re-raises "unclosed quote in prompt".
+        _, close = _scan_quoted(s, 0, lambda j: True, "prompt")
+        stop = close
+        while stop < n and not (_is_switch_at(s, stop) and s[stop - 1].isspace()):
+            stop += 1
+        extra = s[close:stop].strip()
+        raise ParseError(
+            f"unexpected text after the quoted prompt: {_show(extra)}; put the whole prompt inside the quotes"
+        ) from None
+
+
 def _split_prompt(s: str) -> tuple[str, str, int]:
     """The prompt part of a request line: (prompt, negative from brackets, index where the switches start)."""
     n = len(s)
     if s[0] in _QUOTES:
-
-        def closes(j: int) -> bool:
-            while j < n and s[j].isspace():
-                j += 1
-            return j >= n or _is_switch_at(s, j)
-
         try:
-            chars, end = _scan_quoted(s, 0, closes, "prompt")
+            chars, end = _quoted_prompt(s)
         except ParseError:
-            # Is there a closing quote at all? Then the trouble is text between it and the first switch;
-            # if not, this re-raises "unclosed quote in prompt".
-            _, close = _scan_quoted(s, 0, lambda j: True, "prompt")
-            stop = close
-            while stop < n and not (_is_switch_at(s, stop) and s[stop - 1].isspace()):
-                stop += 1
-            extra = s[close:stop].strip()
-            raise ParseError(
-                f"unexpected text after the quoted prompt: {_show(extra)}; put the whole prompt inside the quotes"
-            ) from None
-        prompt, negative = _split_negative(chars)
-        return prompt, negative, end
+            # `“Fire” by night -S10`: typographic quotes that do not wrap the whole prompt stay part of a bare
+            # prompt, as they always were; straight quotes keep their one-line error.
+            if s[0] not in TYPOGRAPHIC_QUOTES:
+                raise
+        else:
+            prompt, negative = _split_negative(chars)
+            return prompt, negative, end
     end = 0
     while end < n and not (_is_switch_at(s, end) and (end == 0 or s[end - 1].isspace())):
         end += 1

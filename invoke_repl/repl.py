@@ -21,7 +21,7 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion, Path
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import History
 
-from invoke_repl.commands import BANG_COMMANDS, switch_names
+from invoke_repl.commands import BANG_COMMANDS, QUOTE_PAIRS, switch_names
 from invoke_repl.request import SAMPLERS
 from invoke_repl.session import Outcome, Session
 
@@ -177,11 +177,11 @@ class InvokeCompleter(Completer):
             if os.path.isdir(os.path.expanduser(full)):
                 full, closing = full.rstrip(os.sep) + os.sep, ""
             else:
-                closing = mark
+                closing = QUOTE_PAIRS[mark][0]
             yield Completion(mark + full + closing, start_position=-len(raw), display=found.display)
 
 
-_QUOTES = "\"'"
+_QUOTES = "".join(QUOTE_PAIRS)
 
 
 def _words(text: str) -> list[str]:
@@ -192,7 +192,7 @@ def _words(text: str) -> list[str]:
     for char in text:
         if quote:
             current += char
-            if char == quote:
+            if char in QUOTE_PAIRS[quote]:
                 quote = ""
         elif char == " ":
             words.append(current)

@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from invoke_repl import __version__
-from invoke_repl.commands import DIALECTS, BangCommand, ParseError, canonical, help_text, parse
+from invoke_repl.commands import (
+    DIALECTS,
+    QUOTE_PAIRS,
+    TYPOGRAPHIC_QUOTES,
+    BangCommand,
+    ParseError,
+    canonical,
+    help_text,
+    parse,
+)
 from invoke_repl.request import PREVIOUS, PREVIOUS_IMAGE, Request, RequestError
 
 if TYPE_CHECKING:
@@ -496,6 +505,8 @@ def _unquote(text: str) -> str:
     """A path as typed after !fetch/!replay: bare, 'single-quoted', or "double-quoted" with the escapes the printed
     lines use (`\\"` and `\\\\`), so a quoted path copied from a canonical line names the same file."""
     text = text.strip()
+    if len(text) >= 2 and text[0] in TYPOGRAPHIC_QUOTES and text[-1] in QUOTE_PAIRS[text[0]]:
+        return text[1:-1]  # “my drawing.png” pasted from a chat app
     if len(text) >= 2 and text[0] == text[-1] == '"':
         return re.sub(r'\\(["\\])', r"\1", text[1:-1])
     if len(text) >= 2 and text[0] == text[-1] == "'":
@@ -503,7 +514,19 @@ def _unquote(text: str) -> str:
     return text
 
 
+# A typographically quoted word, at the start of a word or after `key=`: shlex knows only straight quotes.
+_TYPOGRAPHIC_WORD = re.compile(
+    "|".join(
+        f"(?<![^\\s=]){re.escape(o)}([^{re.escape(c)}]*)[{re.escape(c)}](?!\\S)"
+        for o, c in QUOTE_PAIRS.items()
+        if o in TYPOGRAPHIC_QUOTES
+    )
+)
+
+
 def _split(text: str) -> list[str]:
+    """Arguments split as a shell would, with a typographically quoted word (`“My Models/x.ckpt”`) read as quoted."""
+    text = _TYPOGRAPHIC_WORD.sub(lambda m: shlex.quote(next(g for g in m.groups() if g is not None)), text)
     try:
         return shlex.split(text)
     except ValueError as exc:

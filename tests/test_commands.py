@@ -339,6 +339,23 @@ def test_typographic_dashes_before_a_switch_name_are_read_as_two_hyphens() -> No
     assert notices == []
 
 
+def test_typographic_quotes_quote_as_straight_ones_do() -> None:
+    """A line pasted from a phone or chat app: “fire” -I “my drawing.png” meant a quoted prompt and a quoted path."""
+    request = parse("\u201cfire\u201d -S10 -I \u201cmy drawing.png\u201d -s0.7")
+    assert (request.prompt, request.init_img, request.steps) == ("fire", "my drawing.png", 10)
+    assert parse("\u201ea b\u201c -S3").prompt == "a b"  # German „…“
+    assert parse("\u00abfeu de camp\u00bb -S3").prompt == "feu de camp"
+    assert parse("\u2018a dog\u2019s life\u2019 -S3").prompt == "a dog\u2019s life"  # the apostrophe opens nothing
+    assert parse('\u201ca "quoted" word\u201d -S3').prompt == 'a "quoted" word'
+    assert parse("\u201ca cat \u2013seed 5\u201d -S3", notices=(seen := [])).prompt == "a cat \u2013seed 5"
+    assert seen == []
+    # Typographic quotes that do not wrap the prompt stay in it, as before; straight ones keep their error.
+    assert parse("\u201cFire\u201d by night -S3").prompt == "\u201cFire\u201d by night"
+    assert parse("a dog\u2019s life -S3").prompt == "a dog\u2019s life"
+    with pytest.raises(ParseError, match="unexpected text after the quoted prompt"):
+        parse('"Fire" by night -S3')
+
+
 def test_strength_or_fit_without_an_init_image_says_it_does_nothing() -> None:
     notices: list[str] = []
     parse('"x" -s0.7 -T', notices=notices)

@@ -61,6 +61,9 @@ def test_edit_model_changes_the_default_of_a_loaded_model(session, tmp_path):
     assert session.run_line("!edit_model tiny-random cfg_scale=").ok  # cleared: back to the global default
     assert session.run_line('"x" --steps 2 --seed 1').ok
     assert read_request(made(tmp_path, 3)).cfg_scale == 7.5
+    # A value pasted with typographic quotes is one quoted word, as with straight ones.
+    assert session.run_line("!edit_model tiny-random description=\u201ca tiny model\u201d").ok
+    assert manager.catalogue.get("tiny-random").description == "a tiny model"
 
 
 @pytest.mark.parametrize(

@@ -77,3 +77,6 @@ def test_paths_with_spaces_complete_quoted_and_go_on_inside_the_quotes(tmp_path:
     from invoke_repl.commands import parse
 
     assert parse('"x" -S2 -I "my dir/fire drawing.png"').init_img == "my dir/fire drawing.png"
+    # Inside a typographic quote the completion closes with its partner, and the line still reads back.
+    assert _complete(session, '"x" -S2 -I \u201cmy dir/fi') == ["\u201cmy dir/fire drawing.png\u201d"]
+    assert parse('"x" -S2 -I \u201cmy dir/fire drawing.png\u201d').init_img == "my dir/fire drawing.png"

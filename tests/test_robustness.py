@@ -538,3 +538,7 @@ def test_fetch_takes_a_path_quoted_as_the_printed_lines_quote_it(manager: Any, t
     quoted = '"' + str(odd).replace("\\", "\\\\").replace('"', '\\"') + '"'
     outcome = session.run_line(f"!fetch {quoted}")
     assert outcome.ok and outcome.edit is not None and "--seed 5" in outcome.edit
+    typographic = tmp_path / "my fire.png"
+    odd.rename(typographic)
+    outcome = session.run_line(f"!fetch \u201c{typographic}\u201d")  # pasted from a chat app
+    assert outcome.ok and outcome.edit is not None and "--seed 5" in outcome.edit
