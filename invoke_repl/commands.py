@@ -665,6 +665,25 @@ def _split_prompt(s: str) -> tuple[str, str, int]:
     return prompt, negative, end
 
 
+def words_after_prompt(line: str) -> tuple[str, list[tuple[int, int]]]:
+    """(the stripped line, the (start, end) of each word after its prompt), a quoted word being one word: for a
+    reader that must take another tool's switches out of a line before `parse` sees it (InvokeAI 2.x's Dream
+    lines carry face restoration and upscaling settings this tool does not have). Raises ParseError as `parse`."""
+    text = line.strip()
+    if not text:
+        return text, []
+    _, _, i = _split_prompt(text)
+    spans: list[tuple[int, int]] = []
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            return text, spans
+        _, _, end = _read_value_word(text, i)
+        spans.append((i, end))
+        i = end
+
+
 # -------------------------------------------------------------------------------------------------- values
 class _BadValue(Exception):
     """A value of the wrong type; the caller phrases the message with the switch as typed."""

@@ -261,7 +261,7 @@ def request_from_chunks(chunks: Mapping[str, str], notices: list[str] | None = N
     """Prefer sd-metadata, then Dream, then parameters; the first failure is reported if none works."""
     readers: dict[str, Callable[[str, list[str]], Request]] = {
         SD_METADATA_KEY: lambda text, said: request_from_sd_metadata(json.loads(text), said),
-        DREAM_KEY: lambda text, said: request_from_dream(text),
+        DREAM_KEY: request_from_dream,
         PARAMETERS_KEY: request_from_parameters,
         INVOKEAI3_KEY: lambda text, said: request_from_invokeai_metadata(json.loads(text), said),
     }
@@ -385,6 +385,40 @@ def _build(source: str, **fields: Any) -> Request:
         raise MetadataError(f"{source}: {exc}") from exc
 
 
+def _invokeai2_extras(image: Mapping[str, Any], notices: list[str] | None) -> None:
+    """Say which 2.x settings recorded in sd-metadata this tool will not apply, as the Dream reader does."""
+    if notices is None:
+        return
+    steps = image.get("postprocessing")
+    post = [
+        _one_line_text(str(step["type"]))
+        for step in (steps if isinstance(steps, list) else [])
+        if isinstance(step, Mapping) and step.get("type")
+    ]
+    if _positive(image.get("facetool_strength")) and not any(p in ("gfpgan", "codeformer") for p in post):
+        post.append(_one_line_text(str(image.get("facetool") or "face restoration")))
+    if image.get("upscale") and "esrgan" not in post:
+        post.append("esrgan")
+    render = [name for name in ("perlin", "threshold") if _positive(image.get(name))]
+    render += [name for name in ("seamless", "hires_fix") if image.get(name) is True]
+    if isinstance(image.get("init_mask"), str) and image["init_mask"]:
+        render.append("init_mask (inpainting)")
+    if post:
+        notices.append(
+            f"dropped InvokeAI 2.x post-processing that invoke-repl does not have: {', '.join(dict.fromkeys(post))}"
+            " (the line makes the image as it was before that)"
+        )
+    if render:
+        notices.append(
+            f"dropped InvokeAI 2.x settings that invoke-repl does not have: {', '.join(render)}"
+            " (the image will differ from this one)"
+        )
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def request_from_sd_metadata(meta: Mapping[str, Any], notices: list[str] | None = None) -> Request:
     """InvokeAI 2.x ``sd-metadata`` (``image``, a grid's ``images`` list, or the older flat layout), or ours."""
     if not isinstance(meta, Mapping):
@@ -433,16 +467,91 @@ def request_from_sd_metadata(meta: Mapping[str, Any], notices: list[str] | None 
         fields["steps"] = int(image["steps"])
     if image.get("cfg_scale") is not None:
         fields["cfg_scale"] = float(image["cfg_scale"])
-    return _build("sd-metadata", **fields)
+    request = _build("sd-metadata", **fields)
+    _invokeai2_extras(image, notices)
+    return request
 
 
-def request_from_dream(line: str) -> Request:
+# InvokeAI 2.x switches this tool does not have, as 2.x's `dream_prompt_str` writes them into Dream lines (its
+# `ldm/invoke/args.py`, v2.2–2.3) and as its own parser takes them: name → how many values follow (0, 1, or "+" for
+# one or more, up to the next switch). Post-processing acts on the finished image, so dropping it still makes the
+# image 2.x made before it; the rest change the image itself.
+_INVOKEAI2_POSTPROCESSING: Mapping[str, int | str] = {
+    "-G": 1, "--facetool_strength": 1, "--gfpgan_strength": 1, "-ft": 1, "--facetool": 1,
+    "-cf": 1, "--codeformer_fidelity": 1, "-U": "+", "--upscale": "+", "--save_original": 0, "-save_orig": 0,
+    "--embiggen": "+", "-embiggen": "+", "--embiggen_tiles": "+", "-embiggen_tiles": "+",
+    "--embiggen_strength": 1, "-embiggen_strength": 1, "-c": "+", "--outcrop": "+", "-D": "+",
+    "--out_direction": "+", "--new_prompt": 1, "--force_outpaint": 0, "--seam_size": 1, "--seam_blur": 1,
+    "--seam_strength": 1, "--seam_steps": 1, "--tile_size": 1,
+}  # fmt: skip
+_INVOKEAI2_RENDERING: Mapping[str, int | str] = {
+    "--perlin": 1, "--threshold": 1, "--karras_max": 1, "--seamless": 0, "--seamless_axes": 1, "--hires_fix": 0,
+    "-M": 1, "--init_mask": 1, "--init_color": 1, "--invert_mask": 0, "-r": 1, "--inpaint_replace": "?",
+    "-tm": "+", "--text_mask": "+", "-x": 0, "--skip_normalize": 0,
+}  # fmt: skip
+_INVOKEAI2_QUIET: Mapping[str, int | str] = {
+    "-t": 0, "--log_tokenization": 0, "-i": 0, "--individual": 0, "--fnformat": 1, "--save_intermediates": 1,
+    "-z": 1, "--png_compression": 1, "--use_mps_noise": 0,
+}  # fmt: skip
+
+
+_INVOKEAI2_SWITCHES: Mapping[str, tuple[str, int | str]] = {
+    **{name: ("post", arity) for name, arity in _INVOKEAI2_POSTPROCESSING.items()},
+    **{name: ("render", arity) for name, arity in _INVOKEAI2_RENDERING.items()},
+    **{name: ("quiet", arity) for name, arity in _INVOKEAI2_QUIET.items()},
+}
+_SWITCH_WORD = re.compile(r"--?[A-Za-z]")
+_NUMBER_WORD = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
+def _without_invokeai2_switches(line: str, notices: list[str] | None) -> str:
+    """A 2.x Dream line with the switches this tool lacks taken out, each kind said in one notice."""
+    from invoke_repl.commands import words_after_prompt
+
+    text, spans = words_after_prompt(line)
+    words = [text[a:b] for a, b in spans]
+    dropped: dict[str, list[str]] = {"post": [], "render": [], "quiet": []}
+    cuts: list[tuple[int, int]] = []
+    index = 0
+    while index < len(words):
+        if words[index] not in _INVOKEAI2_SWITCHES:
+            index += 1
+            continue
+        kind, arity = _INVOKEAI2_SWITCHES[words[index]]
+        last = index
+        if arity == 1:
+            last = min(index + 1, len(words) - 1)
+        elif arity == "?":  # 2.x writes --inpaint_replace bare, though its parser wants a number
+            if last + 1 < len(words) and _NUMBER_WORD.fullmatch(words[last + 1]):
+                last += 1
+        elif arity == "+":
+            while last + 1 < len(words) and not _SWITCH_WORD.match(words[last + 1]):
+                last += 1
+        dropped[kind].append(" ".join(words[index : last + 1]))
+        cuts.append((spans[index][0], spans[last][1]))
+        index = last + 1
+    for start, end in reversed(cuts):
+        text = text[:start].rstrip() + " " + text[end:].lstrip()
+    if notices is not None and dropped["post"]:
+        notices.append(
+            f"dropped InvokeAI 2.x post-processing that invoke-repl does not have: {' '.join(dropped['post'])}"
+            " (the line makes the image as it was before that)"
+        )
+    if notices is not None and dropped["render"]:
+        notices.append(
+            f"dropped InvokeAI 2.x settings that invoke-repl does not have: {' '.join(dropped['render'])}"
+            " (the image will differ from this one)"
+        )
+    return text.strip()
+
+
+def request_from_dream(line: str, notices: list[str] | None = None) -> Request:
     """A ``Dream`` line: the command in the legacy dialect (ours or InvokeAI 2.x's; the parser takes ``[negative]``
-    out of the prompt itself). InvokeAI 2.x-only switches (face restoration, upscaling…) are refused by the parser,
-    and the next chunk is tried."""
+    out of the prompt itself). InvokeAI 2.x-only switches (face restoration, upscaling, perlin noise…) are taken
+    out with a notice, so a 2.x PNG whose only metadata is its Dream line still fetches."""
     from invoke_repl.commands import parse
 
-    parsed = parse(_one_line_text(line), "legacy")
+    parsed = parse(_without_invokeai2_switches(_one_line_text(line), notices), "legacy")
     if not isinstance(parsed, Request):
         raise MetadataError("Dream is not a generation command")
     return parsed

@@ -415,6 +415,62 @@ def test_invokeai_2_img2img_gets_its_init_image_from_the_dream_line() -> None:
     assert request_from_chunks({"sd-metadata": json.dumps(meta), "Dream": other_seed}).init_img is None
 
 
+def test_invokeai_2_dream_line_with_postprocessing_fetches_without_it(tmp_path: Path) -> None:
+    """A 2.x PNG whose only metadata is its Dream line, face-restored and upscaled: the switches 2.x's
+    dream_prompt_str wrote for that (-G/-ft/-cf, -U with its two numbers) are dropped with one notice."""
+    dream = "fire -s 10 -S 1592514025 -W 64 -H 64 -C 7.5 -I init.png -A k_lms -f 0.7 -G 0.8 -ft gfpgan -U 2.0 0.75"
+    said: list[str] = []
+    request = read_request(png_with(tmp_path, "000003.1592514025.png", {"Dream": dream}), said)
+    assert (request.prompt, request.steps, request.seed, request.init_img, request.strength) == (
+        "fire", 10, 1592514025, "init.png", 0.7,
+    )  # fmt: skip
+    assert said == [
+        "dropped InvokeAI 2.x post-processing that invoke-repl does not have: -G 0.8 -ft gfpgan -U 2.0 0.75"
+        " (the line makes the image as it was before that)"
+    ]
+
+
+def test_invokeai_2_dream_line_settings_that_change_the_image_are_dropped_and_said() -> None:
+    dream = (
+        "a castle -s 30 -S 42 -W 512 -H 512 -C 7.5 --perlin 0.1 --threshold 2.0 --seamless --hires_fix"
+        " -I a.png -A k_euler_a -M mask.png --inpaint_replace -f 0.5 -c top 64 bottom 128 -V 1:0.1"
+    )
+    said: list[str] = []
+    request = request_from_dream(dream, said)
+    assert (request.prompt, request.sampler, request.init_img, request.strength, request.with_variations) == (
+        "a castle", "k_euler_a", "a.png", 0.5, ((1, 0.1),),
+    )  # fmt: skip
+    assert said == [
+        "dropped InvokeAI 2.x post-processing that invoke-repl does not have: -c top 64 bottom 128"
+        " (the line makes the image as it was before that)",
+        "dropped InvokeAI 2.x settings that invoke-repl does not have: --perlin 0.1 --threshold 2.0 --seamless"
+        " --hires_fix -M mask.png --inpaint_replace (the image will differ from this one)",
+    ]
+    # A 2.x switch inside a quoted prompt is prompt text, and our own Dream lines have nothing to drop.
+    assert request_from_dream('"a -G b" -s 5 -S 1', said := []).prompt == "a -G b" and said == []
+    assert request_from_dream(text_chunks(generated(IMG2IMG), model_hash="", app_version="1")["Dream"]) == IMG2IMG
+
+
+def test_invokeai_2_sd_metadata_postprocessing_and_effects_are_said() -> None:
+    meta = {
+        "model_id": "stable-diffusion-1.5",
+        "image": {
+            "type": "txt2img", "prompt": [{"prompt": "fire", "weight": 1.0}], "seed": 5, "steps": 10,
+            "cfg_scale": 7.5, "sampler": "k_lms", "width": 64, "height": 64, "perlin": 0.2, "threshold": 0,
+            "postprocessing": [{"type": "gfpgan", "strength": 0.8}, {"type": "esrgan", "scale": 2}],
+        },
+    }  # fmt: skip
+    said: list[str] = []
+    assert request_from_sd_metadata(meta, said).seed == 5
+    assert said == [
+        "dropped InvokeAI 2.x post-processing that invoke-repl does not have: gfpgan, esrgan"
+        " (the line makes the image as it was before that)",
+        "dropped InvokeAI 2.x settings that invoke-repl does not have: perlin (the image will differ from this one)",
+    ]
+    meta["image"]["postprocessing"] = 7  # malformed: nothing to say, and still read
+    assert request_from_sd_metadata(meta, said := []).seed == 5 and len(said) == 1
+
+
 def test_tabs_in_a_foreign_prompt_separate_words() -> None:
     text = "a red\tcircle,\ton blue\nNegative prompt: ugly\tbad\nSteps: 20, Sampler: Euler, CFG scale: 5, Seed: 1"
     request = request_from_parameters(text)
