@@ -155,6 +155,9 @@ def parse_entry(name: Any, data: Any, base: Path, where: str) -> ModelEntry:
         if not isinstance(raw_path, str) or not raw_path.strip():
             raise bad(f"a {fmt} entry needs a path")
         path = _resolve(raw_path, base)
+        moved = _in_this_package(path)
+        if moved is not None:
+            path, data = moved, {**data, "path": str(moved)}
         if fmt == "checkpoint" and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise bad(f"a checkpoint path must end in one of {', '.join(CHECKPOINT_SUFFIXES)}: {raw_path}")
     raw_config = data.get("config")
@@ -205,6 +208,21 @@ def parse_entry(name: Any, data: Any, base: Path, where: str) -> ModelEntry:
         raw=raw,
         base=base,
     )
+
+
+def _in_this_package(path: Path) -> Path | None:
+    """Where a missing file inside an `invoke_repl` package folder is in this installation's package, if there.
+
+    The first edit seeds the user's catalogue with the shipped entries, whose package paths must be written
+    absolute (the user's file lives elsewhere). After a reinstall into a new environment that path names the old
+    site-packages, and the embedded model would read as missing (and the default fall back to a noise model).
+    """
+    if "invoke_repl" not in path.parts or path.exists():
+        return None
+    parts = path.parts
+    tail = parts[len(parts) - parts[::-1].index("invoke_repl") :]
+    here = paths.PACKAGE_DIR.joinpath(*tail)
+    return here if tail and here.exists() else None
 
 
 def _resolve(text: str, base: Path) -> Path:

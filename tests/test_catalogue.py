@@ -124,6 +124,24 @@ def test_first_edit_seeds_the_user_catalogue_and_never_writes_the_shipped_one(us
     assert Catalogue.find().names() == ["embedded", "extra"]
 
 
+def test_a_seeded_catalogue_finds_the_embedded_model_after_a_reinstall(user_dirs):
+    """The seeded entry holds the package's absolute path; a new environment moves the package elsewhere."""
+    user = user_catalogue_path()
+    user.parent.mkdir(parents=True, exist_ok=True)
+    old = "/home/me/old-venv/lib/python3.11/site-packages/invoke_repl/embedded/model"
+    user.write_text(
+        f"embedded:\n  format: diffusers\n  path: {old}\n  default: true\n"
+        "mine:\n  format: diffusers\n  path: /home/me/gone/invoke_repl/not-shipped\n"
+    )
+    catalogue = Catalogue.find()
+    assert catalogue.get("embedded").path == paths.embedded_model_dir()
+    assert catalogue.default_name() == ("embedded", None)  # not a fallback to the noise model
+    # Only files this package has move; the next edit writes the path that works now.
+    assert catalogue.get("mine").path == Path("/home/me/gone/invoke_repl/not-shipped")
+    catalogue.update("embedded", {"description": "changed"})
+    assert yaml.safe_load(user.read_text())["embedded"]["path"] == str(paths.embedded_model_dir())
+
+
 def test_editing_with_the_repo_catalogue_in_the_working_directory_goes_to_the_user_file(monkeypatch, user_dirs):
     """Running from a checkout finds ./models.yaml, which is the shipped file: it must stay untouched."""
     monkeypatch.chdir(paths.REPO_DIR)
