@@ -407,6 +407,7 @@ QUOTE_PAIRS: Mapping[str, str] = {
 }
 _QUOTES = "".join(QUOTE_PAIRS)
 TYPOGRAPHIC_QUOTES = _QUOTES[2:]
+_TYPOGRAPHIC_CLOSERS = frozenset("".join(QUOTE_PAIRS[q] for q in TYPOGRAPHIC_QUOTES))
 _ESCAPABLE = "\\\"'[]"
 _INVOKE_PREFIX = re.compile(r"^(?:\(?[^\s\"'()]+\)?\s+)?invoke>\s*")
 # What the REPL prints after an image and writes to invoke_log.txt: `[N] PATH: LINE`. Replaying the log, or
@@ -531,15 +532,26 @@ def _split_negative(chars: list[tuple[str, bool]]) -> tuple[str, str]:
     return "".join(out), ", ".join(g for g in groups if g)
 
 
-def _read_value_word(s: str, i: int) -> tuple[str, bool, int]:
-    """A value right after `-X` or `--name=`: quoted or up to the next space. Returns (text, quoted, end)."""
-    if i < len(s) and s[i] in _QUOTES:
-        try:
-            chars, end = _scan_quoted(s, i, lambda j: j >= len(s) or s[j].isspace(), "a switch value")
-            return _unescape(chars), True, end
-        except ParseError:
-            if s[i] not in TYPOGRAPHIC_QUOTES:
-                raise
+def _last_closers(s: str) -> dict[str, int]:
+    """Typographic opener → the index of the last quote that can close it before a space or the end (-1 if none;
+    a backslash never escapes a typographic quote). A value opening at or after it cannot close and is a bare
+    word: finding that out by scanning from each opener took 54 s for a line of 10,000 `-I «a` (measured here),
+    where this one pass is linear."""
+    last = dict.fromkeys(TYPOGRAPHIC_QUOTES, -1)
+    for j, c in enumerate(s):
+        if c in _TYPOGRAPHIC_CLOSERS and (j + 1 == len(s) or s[j + 1].isspace()):
+            for opener in TYPOGRAPHIC_QUOTES:
+                if c in QUOTE_PAIRS[opener]:
+                    last[opener] = j
+    return last
+
+
+def _read_value_word(s: str, i: int, last_closers: Mapping[str, int]) -> tuple[str, bool, int]:
+    """A value right after `-X` or `--name=`: quoted or up to the next space. Returns (text, quoted, end).
+    A typographic quote that nothing closes is part of a bare word (`-I “a` names the file `“a`)."""
+    if i < len(s) and s[i] in _QUOTES and last_closers.get(s[i], len(s)) > i:
+        chars, end = _scan_quoted(s, i, lambda j: j >= len(s) or s[j].isspace(), "a switch value")
+        return _unescape(chars), True, end
     end = i
     while end < len(s) and not s[end].isspace():
         end += 1
@@ -549,6 +561,7 @@ def _read_value_word(s: str, i: int) -> tuple[str, bool, int]:
 def _tokens(s: str, i: int) -> list[_Token]:
     tokens: list[_Token] = []
     n = len(s)
+    closers = _last_closers(s)
     while True:
         while i < n and s[i].isspace():
             i += 1
@@ -563,22 +576,22 @@ def _tokens(s: str, i: int) -> list[_Token]:
                 assert match is not None
                 name, i = match.group(), match.end()
                 if i < n and s[i] == "=":
-                    value, _, i = _read_value_word(s, i + 1)
+                    value, _, i = _read_value_word(s, i + 1, closers)
                     tokens.append(_Token(name, switch=True, value=value))
                 elif i < n and not s[i].isspace():
-                    word, _, _ = _read_value_word(s, match.start())
+                    word, _, _ = _read_value_word(s, match.start(), closers)
                     raise ParseError(f"unknown switch {_show(word)}; long switches look like --steps 10 or --steps=10")
                 else:
                     tokens.append(_Token(name, switch=True))
             else:
                 name, i = s[i : i + 2], i + 2
                 if i < n and not s[i].isspace():
-                    value, _, i = _read_value_word(s, i)
+                    value, _, i = _read_value_word(s, i, closers)
                     tokens.append(_Token(name, switch=True, value=value))
                 else:
                     tokens.append(_Token(name, switch=True))
         else:
-            value, _, i = _read_value_word(s, i)
+            value, _, i = _read_value_word(s, i, closers)
             tokens.append(_Token(value))
 
 
@@ -673,13 +686,14 @@ def words_after_prompt(line: str) -> tuple[str, list[tuple[int, int]]]:
     if not text:
         return text, []
     _, _, i = _split_prompt(text)
+    closers = _last_closers(text)
     spans: list[tuple[int, int]] = []
     while True:
         while i < len(text) and text[i].isspace():
             i += 1
         if i >= len(text):
             return text, spans
-        _, _, end = _read_value_word(text, i)
+        _, _, end = _read_value_word(text, i, closers)
         spans.append((i, end))
         i = end
 
@@ -911,7 +925,7 @@ def _quote(text: str, brackets: bool = True) -> str:
 
 def _value(text: str) -> str:
     """A string value bare when it would read back unchanged, else quoted."""
-    safe = text and not any(c.isspace() or c in "\\\"'" for c in text)
+    safe = text and text[0] not in TYPOGRAPHIC_QUOTES and not any(c.isspace() or c in "\\\"'" for c in text)
     if safe and (text == "-1" or not text.startswith("-")):
         return text
     return _quote(text, brackets=False)

@@ -8,6 +8,7 @@ generation lines and the first prompt of an interactive run stay instant.
 
 from __future__ import annotations
 
+import bisect
 import gc
 import os
 import re
@@ -514,21 +515,35 @@ def _unquote(text: str) -> str:
     return text
 
 
-# A typographically quoted word, at the start of a word or after `key=`: shlex knows only straight quotes.
-_TYPOGRAPHIC_WORD = re.compile(
-    "|".join(
-        f"(?<![^\\s=]){re.escape(o)}([^{re.escape(c)}]*)[{re.escape(c)}](?!\\S)"
-        for o, c in QUOTE_PAIRS.items()
-        if o in TYPOGRAPHIC_QUOTES
-    )
-)
+def _straight_quotes(text: str) -> str:
+    """`“My Models/x.ckpt” name=“my model”` → shell quoting: shlex knows only straight quotes. A typographic quote
+    opening a word (or a `key=` value) closes at the first of its closers that ends a word; one that nothing
+    closes stays as typed. Each opener finds its closer by bisection, so the pass stays fast on any line."""
+    ends = {
+        opener: [j for j, c in enumerate(text) if c in closers and (j + 1 == len(text) or text[j + 1].isspace())]
+        for opener, closers in QUOTE_PAIRS.items()
+        if opener in TYPOGRAPHIC_QUOTES
+    }
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c in ends and (i == 0 or text[i - 1].isspace() or text[i - 1] == "="):
+            k = bisect.bisect_right(ends[c], i)
+            if k < len(ends[c]):
+                close = ends[c][k]
+                out.append(shlex.quote(text[i + 1 : close]))
+                i = close + 1
+                continue
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def _split(text: str) -> list[str]:
-    """Arguments split as a shell would, with a typographically quoted word (`“My Models/x.ckpt”`) read as quoted."""
-    text = _TYPOGRAPHIC_WORD.sub(lambda m: shlex.quote(next(g for g in m.groups() if g is not None)), text)
+    """Arguments split as a shell would, typographic quotes included (pasted from a chat app or a document)."""
     try:
-        return shlex.split(text)
+        return shlex.split(_straight_quotes(text))
     except ValueError as exc:
         raise RequestError(f"cannot read arguments: {exc}") from exc
 

@@ -29,7 +29,10 @@ fuzz = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[Hea
 # Anything that can live inside one line: no control characters, separators or surrogates (request.validate).
 LINE_TEXT = st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"))
 # Characters the grammar cares about, weighted up so quoting and escaping get exercised.
-TRICKY = st.sampled_from(list("\"'[]\\ -=!#:,") + ["invoke> ", " -S", " --steps", "é", "🔥", "\u3000", "\xa0"])
+TRICKY = st.sampled_from(
+    list("\"'[]\\ -=!#:,\u201c\u201d\u2018\u2019\u201e\u00ab\u00bb")
+    + ["invoke> ", " -S", " --steps", "é", "🔥", "\u3000", "\xa0"]
+)
 text = st.lists(st.one_of(LINE_TEXT, TRICKY), max_size=30).map("".join)
 nonempty = text.filter(bool)
 unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
@@ -111,13 +114,28 @@ VALUES = st.one_of(
     st.floats().map(repr),
     st.sampled_from(["nan", "inf", "-inf", "1e999", "-1", "0", "0.7", "k_lms", "K_LMS", "x.png", "", "1:0.5,2:x"]),
     st.sampled_from(['"a b"', "'dog's'", '"unclosed', "[neg]", "]", "=", "'", '"', "\\"]),
+    st.sampled_from(
+        ["\u201ca b\u201d", "\u201cunclosed", "\u2018dog\u2019s\u2019", "\u00aba\u00bb", "\u201ea\u201c", "\u201d"]
+    ),
     text,
 )
 
 
 @st.composite
 def switch_soup(draw: st.DrawFn) -> str:
-    parts = [draw(st.sampled_from(["", '"fire"', "a dog's life", "'quoted", "[neg] cat", "invoke> x", "!", "#"]))]
+    starts = [
+        "",
+        '"fire"',
+        "a dog's life",
+        "'quoted",
+        "[neg] cat",
+        "invoke> x",
+        "!",
+        "#",
+        "\u201cfire\u201d",
+        "\u201cun",
+    ]
+    parts = [draw(st.sampled_from(starts))]
     for _ in range(draw(st.integers(0, 8))):
         name = draw(SWITCH_WORDS)
         joiner = draw(st.sampled_from([" ", "", "="]))
@@ -140,6 +158,25 @@ def test_ten_thousand_character_prompt() -> None:
         parse('"' + "a very long prompt, " * 500 + '" -S10')
     with pytest.raises(ParseError, match="unclosed quote in prompt"):
         parse('"' + "x" * 10_000 + " -S10")
+
+
+def test_many_unclosed_typographic_quotes_parse_in_linear_time() -> None:
+    """Each `-I «a` once scanned to the end of the line for a closer: 10,000 of them took 54 s. Run in a child
+    process so a regression fails by timeout instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    code = (
+        "from invoke_repl.commands import parse, ParseError\n"
+        "from invoke_repl.session import _split\n"
+        "for line in ('x ' + '-I \u00aba ' * 20000, 'x --negative ' + '\u201ca ' * 20000):\n"
+        "    try:\n"
+        "        parse(line)\n"
+        "    except ParseError:\n"
+        "        pass\n"
+        "assert _split('\u00aba ' * 20000) == ['\u00aba'] * 20000\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_unclosed_quote_over_ten_thousand_characters_is_one_short_line() -> None:
