@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.integrate
 import torch
-from diffusers import LMSDiscreteScheduler
+from diffusers import DDIMScheduler, LMSDiscreteScheduler, PNDMScheduler
 
 from invoke_repl.builtin import SD1_SCHEDULER_CONFIG, build_tiny_random
 from invoke_repl.generator import generate, sampler_substitution, samplers
@@ -157,7 +157,36 @@ def test_a_models_karras_config_does_not_leak_into_the_plain_samplers():
         assert torch.equal(ours.timesteps, plain.timesteps), name
 
 
-LEADING = {**SD1_SCHEDULER_CONFIG, "timestep_spacing": "leading"}  # what SD's own configs (and configs/) say
+LEADING = {**SD1_SCHEDULER_CONFIG, "timestep_spacing": "leading"}  # what the embedded model's config says
+
+# runwayml/stable-diffusion-v1-5's scheduler/scheduler_config.json as diffusers 0.6 wrote it: no timestep_spacing.
+SD15_HUB_SCHEDULER = {
+    "_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": False,
+    "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None, "clip_sample": False,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["sd-1", "sd-2", "sd-2-v"])
+def test_a_single_file_gets_the_schedules_its_hub_folder_and_stock_diffusers_get(family):
+    """The family config a .safetensors file loads with once said "leading" where SD's own folder says nothing,
+    so the k_ samplers ran other timesteps (k_lms at 10 steps: 901…1 against 999…0) and one model made two images.
+    Stock: the folder's scheduler loaded by the pipeline, then `Cls.from_config(pipe.scheduler.config)`."""
+    from invoke_repl.loading import family_config_dir, scheduler_config
+
+    ours = scheduler_config(family_config_dir(family), family)
+    if family == "sd-2-v":  # stabilityai/stable-diffusion-2-1 ships a v-prediction DDIM config
+        pipeline_scheduler = DDIMScheduler.from_config({**SD15_HUB_SCHEDULER, "prediction_type": "v_prediction"})
+    else:
+        pipeline_scheduler = PNDMScheduler.from_config(SD15_HUB_SCHEDULER)
+    for name in SAMPLERS:
+        spec = SAMPLER_TABLE[name]
+        stock = spec.cls.from_config(pipeline_scheduler.config, **spec.overrides)
+        mine = make_scheduler(name, ours)
+        stock.set_timesteps(10)
+        mine.set_timesteps(10)
+        assert torch.equal(mine.timesteps, stock.timesteps), (family, name)
+        assert mine.config.prediction_type == stock.config.prediction_type, (family, name)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 101, 150, 400, 600, 1000])
