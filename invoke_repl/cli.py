@@ -136,7 +136,7 @@ def _unknown_start_model(args: argparse.Namespace) -> str | None:
 
     try:
         catalogue = Catalogue.find(args.models)
-    except ModelError:
+    except (ModelError, FileNotFoundError):  # no catalogue at all: each line that needs a model says so
         return None
     if args.model in catalogue.entries:
         return None

@@ -28,6 +28,11 @@ def load_init_image(path: str | os.PathLike[str]) -> Image.Image:
     """The image at `path` as an upright, fully loaded 8-bit RGB image (transparent areas over white)."""
     where = Path(path)
     if not where.exists():
+        from invoke_repl.paths import fire_drawing
+
+        shipped = fire_drawing()
+        if where.name == shipped.name and shipped.is_file():  # the README's walkthrough, typed in another folder
+            raise InitImageError(f"init image not found: {where} (the one that ships with invoke-repl is {shipped})")
         raise InitImageError(f"init image not found: {where}")
     if where.is_dir():
         raise InitImageError(f"init image is a directory, not a file: {where}")

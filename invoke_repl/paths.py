@@ -32,8 +32,33 @@ def shipped_catalogue() -> Path:
     for candidate in (REPO_DIR / "models.yaml", installed):
         if candidate.is_file():
             return candidate
+    # `pip install --user` puts data files under the user base, `--target DIR` under DIR: the wheel's RECORD says
+    # where this copy's went.
+    found = _recorded_data_file("share/invoke-repl/models.yaml")
+    if found is not None:
+        return found
     raise FileNotFoundError("invoke-repl's models.yaml is missing (reinstall the package)")
+
+
+def _recorded_data_file(suffix: str) -> Path | None:
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("invoke-repl")
+    except metadata.PackageNotFoundError:
+        return None
+    for file in dist.files or []:
+        if file.as_posix().endswith(suffix):
+            path = Path(str(dist.locate_file(file))).resolve()
+            if path.is_file():
+                return path
+    return None
 
 
 def embedded_model_dir() -> Path:
     return PACKAGE_DIR / "embedded" / "model"
+
+
+def fire_drawing() -> Path:
+    """The crude fireplace drawing of the README's img2img walkthrough, wherever this copy is installed."""
+    return PACKAGE_DIR / "embedded" / "fire-drawing.png"

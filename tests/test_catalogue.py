@@ -27,6 +27,41 @@ def test_shipped_catalogue_has_embedded_default_and_tiny_random():
     assert tiny.format == "builtin" and tiny.files_present()
 
 
+def test_a_user_or_target_install_finds_its_shipped_catalogue_through_its_record(monkeypatch, tmp_path):
+    """`pip install --user` / `--target DIR` put the wheel's data file outside sys.prefix; every line then failed
+    with "models.yaml is missing (reinstall the package)", which reinstalling could not mend."""
+    import sys
+
+    site = tmp_path / "target"
+    info = site / "invoke_repl-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: invoke-repl\nVersion: 0.1.0\n")
+    (info / "RECORD").write_text("invoke_repl/__init__.py,,\nshare/invoke-repl/models.yaml,,\n")
+    data = site / "share" / "invoke-repl" / "models.yaml"
+    data.parent.mkdir(parents=True)
+    data.write_bytes(paths.shipped_catalogue().read_bytes())
+    monkeypatch.setattr(paths, "REPO_DIR", tmp_path / "no-checkout")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    monkeypatch.syspath_prepend(str(site))
+    assert paths.shipped_catalogue() == data.resolve()
+    (info / "RECORD").write_text("invoke_repl/__init__.py,,\n")  # a copy whose data file is really gone
+    with pytest.raises(FileNotFoundError, match="models.yaml is missing"):
+        paths.shipped_catalogue()
+
+
+def test_a_start_model_check_without_any_catalogue_leaves_the_error_to_the_lines(monkeypatch, user_dirs):
+    """`--model NAME` with no catalogue anywhere printed a traceback before the first line ran."""
+    import argparse
+
+    from invoke_repl import cli
+
+    def missing() -> Path:
+        raise FileNotFoundError("invoke-repl's models.yaml is missing (reinstall the package)")
+
+    monkeypatch.setattr(paths, "shipped_catalogue", missing)
+    assert cli._unknown_start_model(argparse.Namespace(models=None, model="tiny-random")) is None
+
+
 def test_search_order(user_dirs, tmp_path):
     shipped = Catalogue.find()
     assert shipped.source == paths.shipped_catalogue() and shipped.writable == user_catalogue_path()

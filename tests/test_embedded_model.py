@@ -60,6 +60,15 @@ def test_model_card_shows_the_committed_evaluation():
     assert table.strip().splitlines() == evaluate.table_lines(summary)
 
 
+def test_remade_examples_go_to_the_readme_in_a_checkout_and_to_the_working_folder_when_installed(tmp_path):
+    from invoke_repl.embedded import examples
+
+    assert examples.default_out() == examples.OUT  # this checkout
+    installed = tmp_path / "site-packages" / "invoke_repl" / "embedded"
+    installed.mkdir(parents=True)
+    assert examples.default_out(installed) == Path("invoke-repl-examples")
+
+
 def test_readme_examples_are_what_the_lines_make(tmp_path):
     """The README's pictures are remade from their lines through the CLI (up to CPU rounding), strips included."""
     from invoke_repl.embedded import examples

@@ -114,3 +114,19 @@ def test_fifo_is_refused_without_blocking(tmp_path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(InitImageError, match="not a regular file"):
         load_init_image(fifo)
+
+
+def test_a_missing_fire_drawing_names_the_one_that_ships(tmp_path):
+    """The README's walkthrough typed in the user's own folder, from an installed copy: the error says where the
+    drawing is; any other missing file gets the plain message."""
+    from invoke_repl.paths import fire_drawing
+
+    with pytest.raises(InitImageError) as caught:
+        load_init_image(tmp_path / "fire-drawing.png")
+    assert str(caught.value) == (
+        f"init image not found: {tmp_path / 'fire-drawing.png'} (the one that ships with invoke-repl is "
+        f"{fire_drawing()})"
+    )
+    with pytest.raises(InitImageError, match=r"^init image not found: \S+other\.png$"):
+        load_init_image(tmp_path / "other.png")
+    assert np.asarray(load_init_image(fire_drawing())).shape[2] == 3

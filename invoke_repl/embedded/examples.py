@@ -61,9 +61,16 @@ def make(out: Path = OUT) -> list[Path]:
         return written
 
 
+def default_out(here: Path = HERE) -> Path:
+    """In a checkout the pictures are the README's own; an installed copy writes to the working directory, never
+    into site-packages (files pip did not install there would outlive an uninstall)."""
+    return here / "examples" if (here.parent.parent / "pyproject.toml").is_file() else Path("invoke-repl-examples")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=OUT)
+    default = default_out()
+    ap.add_argument("--out", type=Path, default=default, help=f"where the pictures go (default: {default})")
     args = ap.parse_args(argv)
     for path in make(args.out):
         print(path)
