@@ -8,7 +8,7 @@ Format: a mapping of model name → entry::
       description: what it is
       format: diffusers | checkpoint | builtin
       path: folder, .safetensors/.ckpt file, or a builtin recipe name
-      config: sd-1 | sd-2 | sd-2-v | a local diffusers config folder   (optional; detected when left out)
+      config: sd-1 | sd-1-v | sd-2 | sd-2-v | a diffusers config folder (optional; detected when left out)
       vae: a VAE folder or single file                                 (optional)
       width: 512                                                       (optional native size)
       height: 512
@@ -39,7 +39,7 @@ import yaml
 from invoke_repl import paths
 
 FORMATS = ("diffusers", "checkpoint", "builtin")
-FAMILIES = ("sd-1", "sd-2", "sd-2-v")
+FAMILIES = ("sd-1", "sd-1-v", "sd-2", "sd-2-v")
 FIELDS = ("description", "format", "path", "config", "vae", "width", "height", "cfg_scale", "default")
 MAX_CFG = 100.0  # as request.MAX_CFG (not imported: request.py is for lines, this module for files)
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")

@@ -5,10 +5,10 @@
   is imported or executed, whatever its model_index.json says.
 - single files (.safetensors, .ckpt): read once into a state dict (`.ckpt` only through
   `torch.load(weights_only=True)`, so a pickle that would run code is refused), then each part built through
-  diffusers' `from_single_file` with `config=` a local diffusers config folder: `configs/sd-1`, `configs/sd-2`,
-  `configs/sd-2-v`, or a folder the catalogue names. diffusers would otherwise fetch configs from the hub.
-- the family (sd-1 / sd-2 / sd-2-v) comes from the weights (cross-attention width 768 vs 1024; v-prediction from a
-  sidecar LDM yaml or a "768" in the file name) unless the catalogue names it.
+  diffusers' `from_single_file` with `config=` a local diffusers config folder: `configs/sd-1`, `sd-1-v`, `sd-2`,
+  `sd-2-v`, or a folder the catalogue names. diffusers would otherwise fetch configs from the hub.
+- the family (sd-1 / sd-1-v / sd-2 / sd-2-v) comes from the weights (cross-attention width 768 vs 1024;
+  v-prediction from a sidecar LDM yaml, or for SD 2.x a "768" in the file name) unless the catalogue names it.
 
 Hashes are sha256 of the weight files, remembered in `$XDG_CACHE_HOME/invoke-repl/hashes.json` by (path, size,
 mtime) so a 2 GB checkpoint is read for hashing once, not at every start.
@@ -40,7 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the netwo
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
-NATIVE_SIZE = {"sd-1": 512, "sd-2": 512, "sd-2-v": 768}
+NATIVE_SIZE = {"sd-1": 512, "sd-1-v": 512, "sd-2": 512, "sd-2-v": 768}
 UNET_PREFIX = "model.diffusion_model."
 _CROSS_ATTN_KEY = re.compile(r"^model\.diffusion_model\..*\.attn2\.to_k\.weight$")
 # Training-state classes that plain SD .ckpt files carry beside their weights (sd-v1-4.ckpt has a Lightning
@@ -183,11 +183,12 @@ def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 # ------------------------------------------------------------------------------------------ families
 def detect_checkpoint_family(shapes: dict[str, tuple[int, ...]], path: Path | None = None) -> str | None:
-    """sd-1 / sd-2 / sd-2-v from an LDM checkpoint's cross-attention width; None when it is neither 768 nor 1024.
+    """sd-1 / sd-2 (-v) from an LDM checkpoint's cross-attention width; None when it is neither 768 nor 1024.
 
     v-prediction is invisible in the weights. Evidence used, in order: an LDM yaml beside the file (A1111's
-    convention: `model.params.parameterization: v`), then a "768" in the file name (v2-1_768-ema-pruned,
-    768-v-ema). Anything else counts as epsilon; the catalogue's `config:` overrides all of it.
+    convention: `model.params.parameterization: v`; SD 1.x fine-tunes trained for v ship one too), then, for
+    SD 2.x only, a "768" in the file name (v2-1_768-ema-pruned, 768-v-ema). Anything else counts as epsilon; the
+    catalogue's `config:` overrides all of it.
     """
     width = None
     for key, shape in shapes.items():
@@ -199,12 +200,12 @@ def detect_checkpoint_family(shapes: dict[str, tuple[int, ...]], path: Path | No
             width = 768
         elif any(k.startswith("cond_stage_model.model.") for k in shapes):
             width = 1024
-    if width == 768:
-        return "sd-1"
-    if width != 1024:
+    if width not in (768, 1024):
         return None
+    parameterization = _sidecar_parameterization(Path(path)) if path is not None else None
+    if width == 768:  # SD 1.x; its v-prediction fine-tunes ship the same yaml (A1111 reads it for them too)
+        return "sd-1-v" if parameterization == "v" else "sd-1"
     if path is not None:
-        parameterization = _sidecar_parameterization(Path(path))
         if parameterization is not None:
             return "sd-2-v" if parameterization == "v" else "sd-2"
         if re.search(r"(?<!\d)768(?!\d)", Path(path).stem):  # a size, not part of a step count (step7680)
@@ -234,9 +235,10 @@ def detect_folder_family(folder: Path) -> str:
     """
     unet = _read_json(folder / "unet" / "config.json") or {}
     scheduler = _read_json(folder / "scheduler" / "scheduler_config.json") or {}
+    v = scheduler.get("prediction_type") == "v_prediction"
     if unet.get("cross_attention_dim") == 1024:
-        return "sd-2-v" if scheduler.get("prediction_type") == "v_prediction" else "sd-2"
-    return "sd-1"
+        return "sd-2-v" if v else "sd-2"
+    return "sd-1-v" if v and unet.get("cross_attention_dim") == 768 else "sd-1"
 
 
 def family_config_dir(family: str) -> Path:
@@ -290,7 +292,36 @@ def unsupported_folder(folder: Path) -> str | None:
     return None
 
 
+def not_a_model(shapes: dict[str, tuple[int, ...]], name: str) -> str | None:
+    """Why a single file with no UNet weights is not a model to import, in one line that says what it is and what
+    to do with it; None when it has UNet weights. The family question ("set config:") cannot help such a file."""
+    keys = list(shapes)
+    if any(k.startswith(UNET_PREFIX) for k in keys):
+        return None
+    if any("lora_" in k or ".lora_down." in k or ".lora_A." in k or k.startswith("lora.") for k in keys):
+        return f"{name} is a LoRA, which invoke-repl does not apply; import a whole SD 1.x/2.x checkpoint"
+    if any(k.startswith("control_model.") or "input_hint_block" in k or "controlnet_cond_embedding" in k for k in keys):
+        return f"{name} is a ControlNet, which invoke-repl does not run; import a whole SD 1.x/2.x checkpoint"
+    if any(k in ("string_to_param", "emb_params") or k.startswith("string_to_param.") for k in keys):
+        return f"{name} is a textual-inversion embedding, which invoke-repl does not load"
+    vae_like = ("encoder.down.", "decoder.up.", "first_stage_model.", "encoder.down_blocks.", "decoder.up_blocks.")
+    if keys and all(k.startswith(vae_like) or k.startswith(("encoder.", "decoder.", "quant_conv", "post_quant_conv",
+                                                           "loss.", "model_ema.")) for k in keys) and any(
+        k.startswith(vae_like) for k in keys
+    ):  # fmt: skip
+        return (
+            f"{name} is a VAE on its own; give it to a model as its vae: (!edit_model NAME vae=PATH) "
+            "instead of importing it"
+        )
+    if any(k.startswith(("down_blocks.", "conv_in.")) for k in keys) and any("attn2" in k for k in keys):
+        return f"{name} is one part (a diffusers UNet) of a model folder; import the whole folder"
+    return f"{name} is not a Stable Diffusion checkpoint (no {UNET_PREFIX}* weights)"
+
+
 def _refuse_unsupported(shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    problem = not_a_model(shapes, path.name)
+    if problem is not None:
+        raise ModelError(problem)
     kind = unsupported_checkpoint(shapes)
     if kind is not None:  # no config: can make these load, so none is suggested
         raise ModelError(f"{path.name} is {kind}; invoke-repl runs SD 1.x and 2.x text-to-image models only")
@@ -315,7 +346,7 @@ def checkpoint_plan(entry_config: str | Path | None, path: Path) -> tuple[str, P
     if family is None:
         raise ModelError(
             f"cannot tell which model family {path.name} is (its cross-attention is neither 768 nor 1024 wide); "
-            "set config: to sd-1, sd-2, sd-2-v or a diffusers config folder"
+            f"set config: to {', '.join(FAMILIES)} or a diffusers config folder"
         )
     return family, family_config_dir(family)
 
@@ -448,8 +479,10 @@ def _load_single_file(entry: ModelEntry, dtype: torch.dtype | None) -> Component
     state = read_checkpoint(path)
     state.pop("global_step", None)
     _refuse_unsupported({k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}, path)
-    if not any(k.startswith(UNET_PREFIX) for k in state):
-        raise ModelError(f"{path.name} is not a Stable Diffusion checkpoint (no {UNET_PREFIX}* weights)")
+    state = with_text_model_prefix(state)
+    missing = _missing_parts(state, entry.name, vae_given=entry.vae is not None)
+    if missing:
+        raise ModelError(f"{path.name} {missing}")
     part = "UNet"
     with quiet_libraries():
         try:
@@ -478,7 +511,7 @@ def _load_single_file(entry: ModelEntry, dtype: torch.dtype | None) -> Component
         except ModelError:
             raise
         except Exception as exc:  # shape mismatches: the wrong family for these weights
-            if "meta tensor" in str(exc):  # diffusers left weights it found no key for unset
+            if "meta tensor" in str(exc) or type(exc).__name__ == "SingleFileComponentError":
                 raise ModelError(f"{path.name} lacks {part} weights: truncated, or not Stable Diffusion") from exc
             raise ModelError(
                 f"{path.name} does not fit the {family} config ({_short(exc)}); set config: to the right family"
@@ -493,6 +526,36 @@ def _load_single_file(entry: ModelEntry, dtype: torch.dtype | None) -> Component
         scheduler_config=scheduler_config(config, family),
         family=family,
     )
+
+
+_CLIP_LDM = "cond_stage_model.transformer."
+
+
+def with_text_model_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    """SD 1.x CLIP weights saved as `cond_stage_model.transformer.embeddings.*` (no `text_model.`), as recent
+    transformers versions write CLIPTextModel and as some merges came out: the same weights one level up.
+    AUTOMATIC1111 renames them on load (its `checkpoint_dict_replacements_sd1`); diffusers refuses the file."""
+    inner = ("embeddings.", "encoder.", "final_layer_norm.")
+    if any(k.startswith(_CLIP_LDM + "text_model.") for k in state):
+        return state
+    if not any(k.startswith(tuple(_CLIP_LDM + p for p in inner)) for k in state):
+        return state
+    return {
+        (_CLIP_LDM + "text_model." + k[len(_CLIP_LDM) :] if k.startswith(tuple(_CLIP_LDM + p for p in inner)) else k): v
+        for k, v in state.items()
+    }
+
+
+def _missing_parts(state: dict[str, Any], name: str, *, vae_given: bool) -> str | None:
+    """What a single file lacks that an image needs, said before diffusers fails on it with less helpful words."""
+    if not any(k.startswith("cond_stage_model.") for k in state):
+        return (
+            "has no text encoder weights (cond_stage_model.*): a pruned UNet-only file; invoke-repl needs a whole "
+            "SD 1.x/2.x checkpoint"
+        )
+    if not vae_given and not any(k.startswith("first_stage_model.") for k in state):
+        return f"has no VAE weights (first_stage_model.*); give it one: !edit_model {name} vae=PATH"
+    return None
 
 
 def _read_as(sub: Path) -> dict[str, Any]:
@@ -633,28 +696,34 @@ def size_on_disk(entry: ModelEntry) -> int | None:
 
 
 def estimate_bytes(entry: ModelEntry, dtype: torch.dtype) -> int:
-    """Peak host memory for loading the entry at `dtype`: the weights the model keeps, plus, for a single file,
-    the whole state dict held while it is converted.
+    """Peak host memory for loading the entry at `dtype`: the weights the model keeps, plus, for a single file read
+    into memory, the whole state dict held while it is converted.
 
-    Kept weights are exact from safetensors headers (EMA copies, which are not loaded, left out); other files
-    count at their size, which is within a factor of two of the truth whatever precision they were saved in.
+    Kept weights are exact from safetensors headers and from a zip `.ckpt`'s memory-mapped tensors (EMA copies,
+    which are not loaded, left out); other files count at their size, which is within a factor of two of the truth
+    whatever precision they were saved in. A zip `.ckpt` is memory-mapped (`read_checkpoint`), so its state dict
+    lives in the page cache, not in memory that must be free: runwayml's v1-5-pruned.ckpt (7.7 GB, fp32 with an
+    EMA copy of the UNet) was estimated at 14.3 GiB and refused on 16 GB machines, where loading it took 0.2 GiB
+    at fp32 and 2.2 GiB at fp16 (audit 2026-11-28, a random-weight file of the same layout).
     """
+    import zipfile
+
     import torch
 
     item = torch.tensor([], dtype=dtype).element_size()
     total = 0
     for f in entry_files(entry):
         size = f.stat().st_size
-        kept = size
-        if f.suffix == ".safetensors":
+        kept, held = size, size if entry.format == "checkpoint" else 0
+        mapped = entry.format == "checkpoint" and f.suffix.lower() != ".safetensors" and zipfile.is_zipfile(f)
+        if f.suffix == ".safetensors" or mapped:
             try:
                 shapes = checkpoint_shapes(f)
                 kept = sum(_numel(s) for k, s in shapes.items() if not k.startswith("model_ema.")) * item
+                held = 0 if mapped else held
             except ModelError:
                 pass
-        total += kept
-        if entry.format == "checkpoint":
-            total += size  # read_checkpoint holds the file's tensors until conversion is done
+        total += kept + held
     return total
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import sys
 import threading
 from collections import OrderedDict
@@ -277,9 +278,13 @@ class ModelManager:
             folder_native_size,
         )
 
-        source = Path(path).expanduser().resolve()
+        # Absolute, but links kept: the Hugging Face cache (snapshots/<rev>/x.safetensors → ../../blobs/<sha256>)
+        # and files shared between UIs are links whose own name carries the suffix, the "768" hint and the sidecar
+        # yaml; the target's name is a hash.
+        source = Path(os.path.abspath(Path(path).expanduser()))
         if not source.exists():
             raise ModelError(f"!import_model: {path} does not exist")
+        source = _hub_snapshot(source)
         name = name or _name_from(source)
         config_value: str | Path | None = None
         if config:
@@ -311,7 +316,10 @@ class ModelManager:
         if config_value is not None:
             fields["config"] = str(config_value)
         if vae:
-            fields["vae"] = str(Path(vae).expanduser().resolve())
+            vae_path = Path(os.path.abspath(Path(vae).expanduser()))
+            if not vae_path.exists():
+                raise ModelError(f"!import_model: --vae {vae} does not exist")
+            fields["vae"] = str(vae_path)
         if size is not None:
             fields["width"], fields["height"] = size
         fields["description"] = description or f"{family} {fields['format']} imported from {source.name}"
@@ -619,10 +627,31 @@ def _default_host_margin() -> int:
     return max(GiB, (total or 0) // 10)
 
 
+def _hub_snapshot(path: Path) -> Path:
+    """A Hugging Face cache repo folder (`models--org--name`) → the snapshot its `refs/main` names, or its only one."""
+    snapshots = path / "snapshots"
+    if not path.is_dir() or (path / "unet").is_dir() or not snapshots.is_dir():
+        return path
+    ref = path / "refs" / "main"
+    if ref.is_file():
+        chosen = snapshots / ref.read_text(encoding="utf-8").strip()
+        if chosen.is_dir():
+            return chosen
+    found = sorted(p for p in snapshots.iterdir() if p.is_dir())
+    if len(found) == 1:
+        return found[0]
+    raise ModelError(
+        f"!import_model: {path.name} holds {len(found)} snapshots and no refs/main; import one of {snapshots}/*"
+    )
+
+
 def _name_from(path: Path) -> str:
     import re
 
     stem = path.name if path.is_dir() else path.stem
+    repo = path.parent.parent.name
+    if path.is_dir() and path.parent.name == "snapshots" and repo.startswith("models--"):
+        stem = repo.split("--")[-1]  # …/models--org--name/snapshots/<revision hash>
     name = re.sub(r"[^A-Za-z0-9._+@-]+", "-", stem).strip("-.") or "model"
     return name if name[0].isalnum() else f"m{name}"
 

@@ -463,15 +463,20 @@ class Session:
         words = _split(args)
         if not words:
             return Outcome(
-                ok=False, error="!import_model needs a path: !import_model PATH [--name N] [--description D]"
+                ok=False,
+                error="!import_model needs a path: !import_model PATH [--name N] [--description D] [--config C]"
+                " [--vae V]",
             )
-        path, options = words[0], _options(words[1:], {"--name": str, "--description": str, "--default": bool})
+        spec = {"--name": str, "--description": str, "--default": bool, "--config": str, "--vae": str}
+        path, options = words[0], _options(words[1:], spec)
         name = self._with_manager(
             lambda manager: manager.import_model(
                 Path(path).expanduser(),
                 name=options.get("--name"),
                 description=options.get("--description"),
                 default=bool(options.get("--default", False)),
+                config=options.get("--config"),
+                vae=options.get("--vae"),
             )
         )
         print(f"imported model {name}", file=self.out, flush=True)

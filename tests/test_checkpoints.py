@@ -56,7 +56,12 @@ def test_tokenizer_falls_back_to_shipped_files_with_the_family_pad(tmp_path):
 
 @pytest.mark.parametrize(
     ("family", "cross", "sample", "prediction", "layers"),
-    [("sd-1", 768, 64, "epsilon", 12), ("sd-2", 1024, 64, "epsilon", 23), ("sd-2-v", 1024, 96, "v_prediction", 23)],
+    [
+        ("sd-1", 768, 64, "epsilon", 12),
+        ("sd-1-v", 768, 64, "v_prediction", 12),
+        ("sd-2", 1024, 64, "epsilon", 23),
+        ("sd-2-v", 1024, 96, "v_prediction", 23),
+    ],
 )
 def test_family_config_folders_are_complete_diffusers_configs(family, cross, sample, prediction, layers):
     folder = family_config_dir(family)
@@ -410,3 +415,151 @@ def test_an_inpainting_diffusers_folder_is_named(tiny_store, tmp_path):
     (folder / "unet" / "config.json").write_text(json.dumps({**config, "in_channels": 9}))
     with pytest.raises(ModelError, match=r"inpaint is an inpainting model \(9 UNet input channels, not 4\)"):
         load_entry(_entry(folder, None, tmp_path, fmt="diffusers"), HashCache(tmp_path / "h.json"))
+
+
+# ------------------------------------------------------------------------------------------ real-world layouts
+def _tiny_state(tiny_store) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(tiny_store["safetensors"]))
+
+
+def test_sd1_clip_weights_without_text_model_load_as_a1111_reads_them(tiny_store, tmp_path):
+    """`cond_stage_model.transformer.embeddings.*` (recent transformers' CLIPTextModel, some merges): refused with
+    advice to change the family, which could not help; the weights are whole, one level up."""
+    from safetensors.torch import save_file
+
+    prefix = "cond_stage_model.transformer.text_model."
+    state = {k.replace(prefix, "cond_stage_model.transformer."): v for k, v in _tiny_state(tiny_store).items()}
+    assert not any(k.startswith(prefix) for k in state)
+    path = tmp_path / "merge.safetensors"
+    save_file(state, str(path))
+    hashes = HashCache(tmp_path / "h.json")
+    renamed = load_entry(_entry(path, tiny_store["config"], tmp_path), hashes)
+    original = load_entry(_entry(tiny_store["safetensors"], tiny_store["config"], tmp_path), hashes)
+    a, b = renamed.text_encoder.state_dict(), original.text_encoder.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        ("first_stage_model.", "no-part.safetensors has no VAE weights (first_stage_model.*); give it one: "
+         "!edit_model m vae=PATH"),
+        ("cond_stage_model.", "no-part.safetensors has no text encoder weights (cond_stage_model.*): a pruned "
+         "UNet-only file; invoke-repl needs a whole SD 1.x/2.x checkpoint"),
+    ],
+)  # fmt: skip
+def test_a_file_missing_a_part_says_which_and_a_vae_entry_mends_a_missing_vae(tiny_store, tmp_path, drop, message):
+    from safetensors.torch import save_file
+
+    state = _tiny_state(tiny_store)
+    path = tmp_path / "no-part.safetensors"
+    save_file({k: v for k, v in state.items() if not k.startswith(drop)}, str(path))
+    with pytest.raises(ModelError) as caught:
+        load_entry(_entry(path, tiny_store["config"], tmp_path), HashCache(tmp_path / "h.json"))
+    assert str(caught.value) == message
+    if drop == "first_stage_model.":
+        fields = {"format": "checkpoint", "path": str(path), "config": str(tiny_store["config"])}
+        entry = parse_entry("m", {**fields, "vae": str(tiny_store["folder"])}, tmp_path, "test")
+        assert load_entry(entry, HashCache(tmp_path / "h.json")).vae is not None
+
+
+@pytest.mark.parametrize(
+    ("keys", "says"),
+    [
+        ({"encoder.down.0.block.0.conv1.weight": (4, 4), "decoder.up.0.block.0.conv1.weight": (4, 4)},
+         "vae.safetensors is a VAE on its own; give it to a model as its vae: (!edit_model NAME vae=PATH)"),
+        ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 4)},
+         "vae.safetensors is a LoRA, which invoke-repl does not apply"),
+        ({"control_model.input_hint_block.0.weight": (4, 4)},
+         "vae.safetensors is a ControlNet, which invoke-repl does not run"),
+        ({"conv_in.weight": (4, 4), "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight": (4, 4)},
+         "vae.safetensors is one part (a diffusers UNet) of a model folder; import the whole folder"),
+        ({"something.else": (4,)}, "vae.safetensors is not a Stable Diffusion checkpoint"),
+    ],
+)  # fmt: skip
+def test_importing_a_file_that_is_no_whole_model_says_what_it_is(tmp_path, keys, says):
+    """A VAE, LoRA, ControlNet or UNet part got "cannot tell which model family … set config:", which cannot help."""
+    from safetensors.torch import save_file
+
+    from invoke_repl.catalogue import Catalogue
+    from invoke_repl.models import ModelManager
+
+    path = tmp_path / "vae.safetensors"
+    save_file({k: torch.zeros(shape) for k, shape in keys.items()}, str(path))
+    (tmp_path / "models.yaml").write_text("tiny:\n  format: builtin\n  path: tiny-random\n")
+    manager = ModelManager(Catalogue.load(tmp_path / "models.yaml"), device="cpu")
+    with pytest.raises(ModelError) as caught:
+        manager.import_model(path)
+    assert str(caught.value).startswith(says) and "\n" not in str(caught.value)
+
+
+def test_a_linked_file_imports_under_the_links_name_with_its_hints(tiny_store, tmp_path):
+    """The Hugging Face cache: snapshots/<rev>/name.safetensors → ../../blobs/<sha256>. Resolving the link first
+    lost the suffix ("neither a folder nor a checkpoint") and the name's hints."""
+    from invoke_repl.catalogue import Catalogue
+    from invoke_repl.models import ModelManager
+
+    repo = tmp_path / "models--someone--fluffy"
+    blob = repo / "blobs" / ("ab" * 32)
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(tiny_store["safetensors"].read_bytes())
+    snapshot = repo / "snapshots" / ("cd" * 20)
+    snapshot.mkdir(parents=True)
+    link = snapshot / "fluffy-v.safetensors"
+    link.symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    (snapshot / "fluffy-v.yaml").write_text("model:\n  params:\n    parameterization: v\n")
+    (tmp_path / "models.yaml").write_text("tiny:\n  format: builtin\n  path: tiny-random\n")
+    manager = ModelManager(Catalogue.load(tmp_path / "models.yaml"), device="cpu")
+    name = manager.import_model(link, config=str(tiny_store["config"]))
+    entry = manager.catalogue.get(name)
+    assert (name, entry.path) == ("fluffy-v", link)
+    with pytest.raises(ModelError, match="cannot tell which model family fluffy-v.safetensors"):
+        manager.import_model(link, name="again")  # the tiny file's width: the message names the link, not a hash
+
+
+def test_a_hub_cache_repo_folder_imports_its_main_snapshot_under_the_repo_name(tiny_store, tmp_path):
+    import shutil
+
+    from invoke_repl.catalogue import Catalogue
+    from invoke_repl.models import ModelManager
+
+    repo = tmp_path / "models--someone--tiny-sd"
+    revision = "ef" * 20
+    shutil.copytree(tiny_store["folder"], repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    (tmp_path / "models.yaml").write_text("tiny:\n  format: builtin\n  path: tiny-random\n")
+    manager = ModelManager(Catalogue.load(tmp_path / "models.yaml"), device="cpu")
+    for path in (repo, repo / "snapshots" / revision):
+        name = manager.import_model(path, name=None if path == repo else "second")
+        assert manager.catalogue.get(name).path == repo / "snapshots" / revision
+    assert "tiny-sd" in manager.catalogue.names()
+
+
+def test_an_sd1_file_with_a_v_prediction_sidecar_gets_the_sd1_v_family(tmp_path):
+    shapes = {"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768)}
+    (tmp_path / "fluffy.yaml").write_text("model:\n  params:\n    parameterization: v\n")
+    assert detect_checkpoint_family(shapes, tmp_path / "fluffy.safetensors") == "sd-1-v"
+    assert detect_checkpoint_family(shapes, tmp_path / "plain_768.safetensors") == "sd-1"  # names hint SD 2 only
+    config = json.loads((family_config_dir("sd-1-v") / "scheduler" / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction"
+    assert load_tokenizer(tmp_path / "nothing", "sd-1-v").pad_token == "<|endoftext|>"
+
+
+def test_a_memory_mapped_ckpt_counts_its_kept_weights_not_twice_its_file(tiny_store, tmp_path):
+    """runwayml's v1-5-pruned.ckpt (7.7 GB with an EMA copy of the UNet) was estimated at 14.3 GiB, refused on
+    16 GB machines, though loading it memory-maps the file and keeps 2.2 GiB at fp16."""
+    from invoke_repl.loading import estimate_bytes
+
+    state = _tiny_state(tiny_store)
+    unet = {k: v for k, v in state.items() if k.startswith("model.diffusion_model.")}
+    with_ema = {**state, **{"model_ema." + k[len("model.") :].replace(".", ""): v for k, v in unet.items()}}
+    path = tmp_path / "pruned.ckpt"
+    torch.save({"state_dict": with_ema, "global_step": 1}, path)
+    kept = sum(v.numel() for v in state.values()) * 2
+    assert estimate_bytes(_entry(path, "sd-1", tmp_path), torch.float16) == kept
+    legacy = tmp_path / "legacy.ckpt"  # not zip: read whole into memory, so counted as before
+    torch.save({"state_dict": state}, legacy, _use_new_zipfile_serialization=False)
+    assert estimate_bytes(_entry(legacy, "sd-1", tmp_path), torch.float16) == 2 * legacy.stat().st_size

@@ -265,6 +265,23 @@ def test_import_single_file_infers_family_and_size(tiny_store, tmp_path, user_di
         manager.import_model(tmp_path / "notes.txt")
 
 
+def test_import_model_command_takes_a_config_and_a_vae(tiny_store, tmp_path, user_dirs, no_network):
+    """The manager could take a family/config folder and a VAE at import; the command refused both options."""
+    import io
+
+    from invoke_repl.session import Session
+
+    manager = ModelManager(Catalogue.find(), device="cpu")
+    session = Session(lambda: manager, outdir=tmp_path / "out", out=io.StringIO(), err=io.StringIO(), progress=False)
+    line = f"!import_model {tiny_store['safetensors']} --name mine --config {tiny_store['config']}"
+    outcome = session.run_line(f"{line} --vae {tmp_path / 'absent'}")
+    assert not outcome.ok and outcome.error == f"!import_model: --vae {tmp_path / 'absent'} does not exist"
+    assert session.run_line(f"{line} --vae {tiny_store['folder']}").ok
+    entry = Catalogue.find().get("mine")
+    assert (entry.config, entry.vae) == (tiny_store["config"], tiny_store["folder"])
+    assert session.run_line('"x" -S2 --seed 1 --model mine').ok
+
+
 def test_host_memory_is_measured_before_loading(tiny_store, tmp_path, user_dirs):
     """With little RAM left, cached models are dropped first; with none, the load is refused (no swap, no OOM)."""
     folder = model_dir_copy(tiny_store, tmp_path, "folder")

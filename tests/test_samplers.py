@@ -167,7 +167,7 @@ SD15_HUB_SCHEDULER = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("family", ["sd-1", "sd-2", "sd-2-v"])
+@pytest.mark.parametrize("family", ["sd-1", "sd-1-v", "sd-2", "sd-2-v"])
 def test_a_single_file_gets_the_schedules_its_hub_folder_and_stock_diffusers_get(family):
     """The family config a .safetensors file loads with once said "leading" where SD's own folder says nothing,
     so the k_ samplers ran other timesteps (k_lms at 10 steps: 901…1 against 999…0) and one model made two images.
@@ -178,7 +178,8 @@ def test_a_single_file_gets_the_schedules_its_hub_folder_and_stock_diffusers_get
     if family == "sd-2-v":  # stabilityai/stable-diffusion-2-1 ships a v-prediction DDIM config
         pipeline_scheduler = DDIMScheduler.from_config({**SD15_HUB_SCHEDULER, "prediction_type": "v_prediction"})
     else:
-        pipeline_scheduler = PNDMScheduler.from_config(SD15_HUB_SCHEDULER)
+        v = {"prediction_type": "v_prediction"} if family == "sd-1-v" else {}
+        pipeline_scheduler = PNDMScheduler.from_config({**SD15_HUB_SCHEDULER, **v})
     for name in SAMPLERS:
         spec = SAMPLER_TABLE[name]
         stock = spec.cls.from_config(pipeline_scheduler.config, **spec.overrides)
