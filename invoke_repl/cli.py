@@ -12,14 +12,16 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from invoke_repl import __version__
 from invoke_repl.commands import DIALECTS
 from invoke_repl.session import Session, default_outdir
+from invoke_repl.stopping import cancel_on_signals, exit_status
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_SIGNALLED = 128  # and up: 128 + the number of the signal that stopped the run (130 for Ctrl-C)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +117,7 @@ def _settle(session: Session, status: int | None) -> None:
     the interpreter's shutdown, every file it wrote being closed already."""
     if status is None:  # an exception is on its way out: let it
         return
-    if status == EXIT_INTERRUPTED:
+    if status >= EXIT_SIGNALLED:
         busy = any(thread.is_alive() for thread in _WARM_UP) or (session.manager_ready and session.manager.loading())
         if busy:
             sys.stdout.flush()
@@ -153,20 +155,32 @@ def run_script(session: Session, args: argparse.Namespace) -> int:
     else:
         lines = _stdin_lines()
 
-    def on_sigint(signum, frame):  # stop after the current step; finished files stay
-        if session.cancel.is_set():
-            raise KeyboardInterrupt
-        session.cancel.set()
-
-    signal.signal(signal.SIGINT, on_sigint)
-    try:
-        failures, cancelled = session.run_lines(lines)
-    except KeyboardInterrupt:
-        cancelled, failures = True, 1
+    reading = threading.Event()  # set while waiting for the next line: a signal then ends the run at once
+    with cancel_on_signals(session.cancel, idle=reading.is_set) as received:  # else after the current step
+        try:
+            failures, cancelled = session.run_lines(_flagged_reads(lines, reading))
+        except KeyboardInterrupt:  # a second signal while the first was honoured
+            cancelled, failures = True, 1
     if cancelled:
-        print("invoke-repl: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(
+            "invoke-repl: interrupted" if received.signum in (None, signal.SIGINT) else "invoke-repl: terminated",
+            file=sys.stderr,
+        )
+        return exit_status(received.signum or signal.SIGINT)
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _flagged_reads(lines: Iterable[str], reading: threading.Event) -> Iterator[str]:
+    source = iter(lines)
+    while True:
+        reading.set()
+        try:
+            line = next(source)
+        except StopIteration:
+            return
+        finally:
+            reading.clear()
+        yield line
 
 
 def _stdin_lines() -> Iterable[str]:

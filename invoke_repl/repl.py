@@ -2,14 +2,14 @@
 
 prompt_toolkit does the terminal work; this module only adapts it to invoke-repl's rules: every pasted line is its
 own command and its own history entry, a broken history file never stops the session, Ctrl-C at the prompt clears
-the line, Ctrl-C during a generation cancels that generation and comes back here. It never imports torch.
+the line, Ctrl-C during a generation cancels that generation and comes back here, SIGTERM and SIGHUP end the
+session as `stopping` describes. It never imports torch.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -21,6 +21,7 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion, Path
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import History
 
+from invoke_repl import stopping
 from invoke_repl.commands import BANG_COMMANDS, QUOTE_PAIRS, switch_names
 from invoke_repl.request import SAMPLERS
 from invoke_repl.session import Outcome, Session
@@ -231,7 +232,8 @@ def prompt_text(session: Session) -> str:
 
 
 def run_interactive(session: Session, history: CommandHistory, **prompt_options: Any) -> int:
-    """Loop until Ctrl-D or !quit; returns the exit status (always 0: errors were shown and survived)."""
+    """Loop until Ctrl-D or !quit (status 0: errors were shown and survived), or until SIGTERM or SIGHUP (128 + its
+    number, after the running line stopped as Ctrl-C stops it and with the terminal given back in cooked mode)."""
     session.history[:0] = session.numbered_history(history.read_lines())
     prompt: PromptSession[str] = PromptSession(
         history=history,
@@ -241,6 +243,45 @@ def run_interactive(session: Session, history: CommandHistory, **prompt_options:
         enable_history_search=False,
         **prompt_options,
     )
+
+    def stop_at_the_prompt(signum: int, frame: Any) -> None:
+        # Raising here would unwind past prompt_toolkit's event loop and leave the terminal raw: ask it to end
+        # the prompt instead, which restores the terminal on the way out.
+        pending.append(signum)
+        app = prompt.app
+        if app.is_running and app.loop is not None:
+            app.loop.call_soon_threadsafe(_end_prompt, app, signum)
+        else:
+            raise Stopped(signum)
+
+    pending: list[int] = []  # also checked after each prompt: one that ended as the signal came is not lost
+    previous = stopping.install(stop_at_the_prompt)
+    try:
+        return _loop(session, prompt, pending)
+    except Stopped as stop:
+        try:
+            print("invoke-repl: terminated", file=session.err, flush=True)
+        except OSError:  # SIGHUP: the terminal may be gone
+            pass
+        return stopping.exit_status(stop.signum)
+    finally:
+        stopping.restore(previous)
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGHUP reached the prompt, or ended a line."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _end_prompt(app: Any, signum: int) -> None:
+    if app.future is not None and not app.future.done():
+        app.exit(exception=Stopped(signum))
+
+
+def _loop(session: Session, prompt: PromptSession[str], pending: list[int]) -> int:
     pending_edit = ""
     while True:
         try:
@@ -250,11 +291,15 @@ def run_interactive(session: Session, history: CommandHistory, **prompt_options:
             continue
         except EOFError:  # Ctrl-D
             return 0
+        if pending:
+            raise Stopped(pending[0])
         pending_edit = ""
         for line in split_commands(text):
-            outcome = run_with_cancel(session, line)
+            outcome, signum = run_with_cancel(session, line)
             if outcome.error:
                 print(outcome.error, file=session.err, flush=True)
+            if signum is not None and signum != signal.SIGINT:
+                raise Stopped(signum)
             if outcome.edit is not None:
                 pending_edit = outcome.edit
             if outcome.quit:
@@ -263,30 +308,18 @@ def run_interactive(session: Session, history: CommandHistory, **prompt_options:
                 break
 
 
-def run_with_cancel(session: Session, line: str) -> Outcome:
-    """Run one line with Ctrl-C turned into a cancel request: the generator stops within one step.
+def run_with_cancel(session: Session, line: str) -> tuple[Outcome, int | None]:
+    """Run one line with stop signals turned into a cancel request (see `stopping`): the generator stops within
+    one step. Returns the outcome and the first stop signal received, if any: Ctrl-C comes back to the prompt,
+    the others end the session.
 
-    A second Ctrl-C while the first is being honoured interrupts at once (files are written atomically, so an
+    A second signal while the first is being honoured interrupts at once (files are written atomically, so an
     interrupted save leaves no partial image behind).
     """
-    if sys.platform == "win32" or not _in_main_thread():
-        return session.run_line(line)
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if session.cancel.is_set():
-            raise KeyboardInterrupt
-        session.cancel.set()
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
     session.cancel.clear()
     try:
-        return session.run_line(line)
+        with stopping.cancel_on_signals(session.cancel) as received:
+            outcome = session.run_line(line)
     finally:
-        signal.signal(signal.SIGINT, previous)
         session.cancel.clear()
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+    return outcome, received.signum

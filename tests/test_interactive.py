@@ -2,12 +2,15 @@
 
 Pins issue 2's terminal acceptance: the prompt appears; Tab after `-A k_` offers `k_lms`; history survives a
 restart; Ctrl-C at the prompt clears the line; Ctrl-C during a long generation returns to `invoke>` with the
-session alive; a pasted block runs line by line, each its own history entry.
+session alive; a pasted block runs line by line, each its own history entry. SIGTERM ends the session with status
+143 and the terminal back in cooked mode, after the running line stopped as Ctrl-C stops it.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,42 @@ def test_corrupt_history_file_is_set_aside_with_a_warning(tmp_path: Path) -> Non
         assert terminal.close() == 0
     assert b"moved to" in terminal.seen
     assert list(tmp_path.glob("history.corrupt-*"))
+
+
+def _cooked(terminal: Terminal) -> bool:
+    """Whether the pty echoes and edits lines itself again, as a shell needs after we are gone."""
+    flags = termios.tcgetattr(terminal.master)[3]
+    return bool(flags & termios.ECHO) and bool(flags & termios.ICANON)
+
+
+def test_sigterm_at_the_prompt_gives_the_terminal_back_and_exits_143(tmp_path: Path) -> None:
+    terminal = _start(tmp_path)
+    try:
+        terminal.send("!dialect\r")
+        terminal.read_until("dialect: guide", timeout=20)
+        terminal.read_until(PROMPT, timeout=20)
+        assert not _cooked(terminal)  # prompt_toolkit has the terminal in raw mode while it reads keys
+        terminal.proc.send_signal(signal.SIGTERM)
+        assert terminal.proc.wait(timeout=30) == 143
+        assert _cooked(terminal)  # the default action left it raw: no echo in the shell afterwards
+    finally:
+        terminal.close()
+    assert (tmp_path / "history").read_text().splitlines()[-1] == "!dialect"
+
+
+def test_sigterm_during_generation_stops_it_and_ends_the_session(tmp_path: Path) -> None:
+    terminal = _start(tmp_path)
+    try:
+        terminal.send('"short" --steps 2 --seed 4\r')
+        terminal.read_until("000001.4.png", timeout=60)
+        terminal.read_until(PROMPT, timeout=30)
+        terminal.send('"long one" --steps 1000 --seed 3\r')
+        terminal.read_until("/1000", timeout=120)
+        terminal.proc.send_signal(signal.SIGTERM)
+        assert terminal.proc.wait(timeout=30) == 143
+        assert _cooked(terminal)
+        terminal.read_until("terminated", timeout=10)
+    finally:
+        terminal.close()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".png") == ["000001.4.png"]
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]

@@ -30,7 +30,7 @@ from invoke_repl import outputs
 from invoke_repl import session as session_module
 from invoke_repl.commands import parse
 from invoke_repl.repl import CommandHistory, run_with_cancel
-from invoke_repl.session import OOM_HINT, Session
+from invoke_repl.session import OOM_HINT, Outcome, Session
 from tests.clirun import tiny_catalogue
 from tests.test_session_fuzz import bomb_png
 
@@ -229,11 +229,12 @@ def test_ctrl_c_at_the_interactive_prompt_during_a_load(manager: Any, tmp_path: 
 
     threading.Thread(target=interrupt, daemon=True).start()
     began = time.monotonic()
-    outcome = run_with_cancel(session, GOOD)
+    outcome, signum = run_with_cancel(session, GOOD)
     assert outcome.cancelled and time.monotonic() - began < 1.5
+    assert signum == signal.SIGINT  # Ctrl-C: back to the prompt, the session goes on
     assert not session.cancel.is_set()  # cleared for the next line
     blocking.release.set()
-    assert run_with_cancel(session, GOOD).ok
+    assert run_with_cancel(session, GOOD) == (Outcome(images=1), None)
 
 
 def test_scripted_run_stops_at_a_cancelled_load(manager: Any, tmp_path: Path) -> None:

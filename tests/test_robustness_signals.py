@@ -1,8 +1,10 @@
-"""SIGINT against a real scripted `python -m invoke_repl` process (issue 6, item 4).
+"""Stop signals against a real scripted `python -m invoke_repl` process (issue 6, item 4).
 
-During a generation: the script stops with exit status 130, the finished image is kept, nothing half-written or
-temporary is left and later lines do not run. During a model load (made slow by a test-only wrapper around the
-loader): the run ends with 130 within a fraction of a second instead of waiting for the load.
+SIGINT during a generation: the script stops with exit status 130, the finished image is kept, nothing
+half-written or temporary is left and later lines do not run. During a model load (made slow by a test-only wrapper
+around the loader): the run ends with 130 within a fraction of a second instead of waiting for the load. SIGTERM
+(`kill`, `timeout`, a service manager) is honoured the same way with status 143, also in the middle of a save; a
+signal the parent ignored (`nohup`) stays ignored.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -34,10 +37,29 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+# Each image's PNG write is slowed down and announced, so a signal lands inside a save for certain.
+SLOW_SAVE = """
+import sys, time
+import invoke_repl.outputs as outputs
+write = outputs._write_all
+def slow(fd, data):
+    print("SAVING-NOW", file=sys.stderr, flush=True)
+    time.sleep(1.5)
+    write(fd, data)
+outputs._write_all = slow
+from invoke_repl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _ignore_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what `nohup` does before it starts the command
+
+
 class Watched:
     """A scripted run whose stdout and stderr are read line by line as they come."""
 
-    def __init__(self, argv: list[str], tmp: Path, script: str) -> None:
+    def __init__(self, argv: list[str], tmp: Path, script: str, preexec_fn: Any = None) -> None:
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -46,6 +68,7 @@ class Watched:
             text=True,
             env=isolated_env(tmp),
             cwd=tmp,
+            preexec_fn=preexec_fn,
         )
         self.lines: queue.Queue[tuple[str, str]] = queue.Queue()
         self.seen: list[tuple[str, str]] = []
@@ -123,3 +146,78 @@ def test_sigint_during_a_slow_model_load_exits_130_at_once(tmp_path: Path) -> No
     assert waited < 5, waited  # the load sleeps for 300 s; the run does not wait for it
     assert "line 2: cancelled" in err and "interrupted" in err and "Traceback" not in err + out
     assert not (tmp_path / "D").exists() or not list((tmp_path / "D").glob("*.png"))
+
+
+def test_sigterm_during_a_save_publishes_that_image_and_exits_143(tmp_path: Path) -> None:
+    tiny_catalogue(tmp_path)
+    script = '"saved whole" --steps 3 -n 2 --seed 5 -W 32 -H 32\n"never" --steps 2 --seed 9\n'
+    run = Watched([sys.executable, "-c", SLOW_SAVE, "--outdir", "D", "--no-progress"], tmp_path, script)
+    run.wait_for("SAVING-NOW")  # the first image's bytes are going into its temp file now
+    run.proc.send_signal(signal.SIGTERM)
+    code, out, err = run.finish()
+    assert code == 143, err  # 128 + SIGTERM, what a shell reports for a process the signal ended
+    assert "terminated" in err and "Traceback" not in err + out
+    folder = tmp_path / "D"
+    assert sorted(p.name for p in folder.glob("*.png")) == ["000001.5.png"]  # seed 6 and line 2 never started
+    with Image.open(folder / "000001.5.png") as image:
+        image.load()  # complete, not truncated
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_a_second_sigterm_cuts_the_save_short_and_leaves_no_temp(tmp_path: Path) -> None:
+    tiny_catalogue(tmp_path)
+    run = Watched(
+        [sys.executable, "-c", SLOW_SAVE, "--outdir", "D", "--no-progress"],
+        tmp_path,
+        '"cut" --steps 2 --seed 5 -W 32 -H 32\n',
+    )
+    run.wait_for("SAVING-NOW")
+    run.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    run.proc.send_signal(signal.SIGTERM)  # someone who will not wait: stop now
+    code, out, err = run.finish()
+    assert code == 143, err
+    assert "Traceback" not in err + out
+    assert not [p.name for p in (tmp_path / "D").iterdir()]  # neither a half image nor its temp
+
+
+def test_sighup_ignored_by_the_parent_stays_ignored(tmp_path: Path) -> None:
+    tiny_catalogue(tmp_path)
+    script = '"keeps going" --steps 40 -n 2 --seed 5 -W 32 -H 32\n'
+    run = Watched(
+        [sys.executable, "-m", "invoke_repl", "--outdir", "D", "--no-progress"], tmp_path, script, _ignore_sighup
+    )
+    run.wait_for("[1] ")
+    run.proc.send_signal(signal.SIGHUP)
+    code, out, err = run.finish()
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "D").glob("*.png")) == ["000001.5.png", "000001.6.png"]
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_while_a_script_waits_for_its_next_line_ends_it_at_once(
+    tmp_path: Path, signum: int, status: int
+) -> None:
+    """`producer | invoke-repl` with the producer silent: there is no step to finish, so nothing to wait for."""
+    tiny_catalogue(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke_repl", "--outdir", "D"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=isolated_env(tmp_path),
+        cwd=tmp_path,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"!dialect\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == b"dialect: guide\n"  # the line ran; now it reads the pipe, which stays open
+    time.sleep(0.3)
+    proc.send_signal(signum)
+    try:
+        code = proc.wait(timeout=10)  # it waited for the pipe to close, that is forever
+    finally:
+        proc.kill()
+        proc.stdin.close()
+    assert code == status
+    assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
