@@ -33,6 +33,7 @@ from invoke_repl.request import (
     Request,
     RequestError,
     control_character,
+    field_error,
 )
 
 DIALECTS: tuple[str, ...] = ("guide", "legacy")
@@ -750,15 +751,6 @@ def _convert(switch: Switch, raw: str) -> object:
     return raw
 
 
-def _field_error(field: str, value: object) -> str | None:
-    """The request's own range message for this one value, or None when it fits (request.validate is the rule)."""
-    try:
-        Request(prompt="", **{field: value})  # type: ignore[arg-type]
-    except RequestError as exc:
-        return str(exc)
-    return None
-
-
 def _read_value(switch: Switch, typed: str, raw: str, dialect: str, notices: list[str] | None) -> object:
     """Convert and range-check one value; a value that only fits the other dialect's meaning says so."""
     try:
@@ -772,7 +764,7 @@ def _read_value(switch: Switch, typed: str, raw: str, dialect: str, notices: lis
             if notices is not None:
                 notices.append(f"{switch.noun} {value} is not a multiple of 8; using {floored}")
             value = floored
-        found = _field_error(switch.field, value)
+        found = field_error(switch.field, value)
         if found is None:
             return value
         problem = found
@@ -791,7 +783,7 @@ def _read_value(switch: Switch, typed: str, raw: str, dialect: str, notices: lis
 
 def _fits(switch: Switch, raw: str) -> bool:
     try:
-        return _field_error(switch.field, _convert(switch, raw)) is None
+        return field_error(switch.field, _convert(switch, raw)) is None
     except _BadValue:
         return False
 

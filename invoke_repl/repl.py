@@ -234,7 +234,7 @@ def prompt_text(session: Session) -> str:
 def run_interactive(session: Session, history: CommandHistory, **prompt_options: Any) -> int:
     """Loop until Ctrl-D or !quit (status 0: errors were shown and survived), or until SIGTERM or SIGHUP (128 + its
     number, after the running line stopped as Ctrl-C stops it and with the terminal given back in cooked mode)."""
-    session.history[:0] = session.numbered_history(history.read_lines())
+    session.add_earlier_history(history.read_lines())
     prompt: PromptSession[str] = PromptSession(
         history=history,
         auto_suggest=AutoSuggestFromHistory(),

@@ -9,7 +9,8 @@ the same rules and the same one-line messages. This module does no I/O and impor
 from __future__ import annotations
 
 import math
-import unicodedata
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 
@@ -130,10 +131,15 @@ def control_character(text: str) -> str | None:
     characters `str.splitlines` does, so control characters, line/paragraph separators and lone surrogates (which
     cannot even be printed to a UTF-8 terminal) are refused up front rather than breaking a log line later.
     """
-    for char in text:
-        if unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp"):
-            return char
-    return None
+    found = _UNLINEABLE.search(text)
+    return found.group() if found else None
+
+
+# The Unicode categories Cc, Cs, Zl and Zp as one character class: Cc and Cs are fixed ranges by the standard's
+# stability policy, Zl and Zp one character each (a test compares it with unicodedata over every code point). A
+# regex scan is ~50× faster than asking unicodedata.category character by character, which was a third of the
+# time spent numbering a history file.
+_UNLINEABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
 
 
 def _one_line(name: str, value: str) -> None:
@@ -163,53 +169,124 @@ def _prompt_text(name: str, value: str) -> None:
         raise RequestError(f"{name} nests brackets {deepest} deep; the limit is {MAX_PROMPT_NESTING}")
 
 
-def validate(r: Request) -> None:
-    """Raise RequestError with a specific one-line message for the first thing wrong with `r`."""
-    if not isinstance(r.prompt, str) or not isinstance(r.negative, str):
-        raise RequestError("prompt and negative prompt must be text")
-    _prompt_text("prompt", r.prompt)
-    _prompt_text("negative prompt", r.negative)
-    _integer("steps", r.steps, MIN_STEPS, MAX_STEPS)
-    if r.seed is not None and r.seed != PREVIOUS:
-        _integer("seed", r.seed, 0, MAX_SEED)
-    if r.strength is not None:
-        _fraction("strength", r.strength)
-    if r.init_img is not None and (not isinstance(r.init_img, str) or not r.init_img):
+def _text(name: str) -> Callable[[object], None]:
+    def check(value: object) -> None:
+        if not isinstance(value, str):
+            raise RequestError("prompt and negative prompt must be text")
+        _prompt_text(name, value)
+
+    return check
+
+
+def _seed(value: object) -> None:
+    if value is not None and value != PREVIOUS:
+        _integer("seed", value, 0, MAX_SEED)
+
+
+def _strength(value: object) -> None:
+    if value is not None:
+        _fraction("strength", value)  # type: ignore[arg-type]
+
+
+def _init_img(value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
         raise RequestError("init image must be a file path (or -1 for the previous image)")
-    if r.init_img is not None:
-        _one_line("init image path", r.init_img)
-    if r.sampler not in SAMPLERS:
-        raise RequestError(f"unknown sampler {r.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-    for name in ("width", "height"):
-        value = getattr(r, name)
+    if value is not None:
+        _one_line("init image path", value)  # type: ignore[arg-type]
+
+
+def _sampler(value: object) -> None:
+    if value not in SAMPLERS:
+        raise RequestError(f"unknown sampler {value!r}; choose one of: {', '.join(SAMPLERS)}")
+
+
+def _size(name: str) -> Callable[[object], None]:
+    def check(value: object) -> None:
         if value is not None:
             _integer(name, value, MIN_SIZE, MAX_SIZE)
-            if value % 8:
+            if value % 8:  # type: ignore[operator]
                 raise RequestError(f"{name} must be a multiple of 8, got {value}")
-    if r.cfg_scale is not None:
-        _finite("cfg scale", r.cfg_scale)
-        if not 0.0 <= r.cfg_scale <= MAX_CFG:
-            raise RequestError(f"cfg scale must be between 0 and {MAX_CFG:g}, got {r.cfg_scale:g}")
-    _integer("iterations", r.iterations, 1, MAX_ITERATIONS)
-    _fraction("variation amount", r.variation_amount)
-    if not isinstance(r.with_variations, tuple):
+
+    return check
+
+
+def _cfg_scale(value: object) -> None:
+    if value is not None:
+        _finite("cfg scale", value)  # type: ignore[arg-type]
+        if not 0.0 <= value <= MAX_CFG:  # type: ignore[operator]
+            raise RequestError(f"cfg scale must be between 0 and {MAX_CFG:g}, got {value:g}")
+
+
+def _with_variations(value: object) -> None:
+    if not isinstance(value, tuple):
         raise RequestError("with-variations must be a tuple of (seed, weight) pairs")
-    for pair in r.with_variations:
+    for pair in value:
         if not (isinstance(pair, tuple) and len(pair) == 2):
             raise RequestError("with-variations must be seed:weight pairs")
         _integer("variation seed", pair[0], 0, MAX_SEED)
         _fraction("variation weight", pair[1])
-    for name in ("grid", "fit", "save_steps"):
-        if not isinstance(getattr(r, name), bool):
+
+
+def _flag(name: str) -> Callable[[object], None]:
+    def check(value: object) -> None:
+        if not isinstance(value, bool):
             raise RequestError(f"{name} must be true or false")
-    if r.model is not None and (not isinstance(r.model, str) or not r.model.strip()):
+
+    return check
+
+
+def _model(value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
         raise RequestError("model name must not be empty")
-    if r.model is not None:
-        _one_line("model name", r.model)
-    if r.outdir is not None and (not isinstance(r.outdir, str) or not r.outdir):
+    if value is not None:
+        _one_line("model name", value)  # type: ignore[arg-type]
+
+
+def _outdir(value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
         raise RequestError("output directory must not be empty")
-    if r.outdir is not None:
-        _one_line("output directory", r.outdir)
+    if value is not None:
+        _one_line("output directory", value)  # type: ignore[arg-type]
+
+
+# One rule per field, each independent of the others, in the order their errors are reported. Kept per field so
+# the parser can check the one value it just read (`field_error`) without building and checking a whole Request:
+# that was 5 full validations per typical line, 60% of the time spent numbering a history file.
+FIELD_CHECKS: dict[str, Callable[[object], None]] = {
+    "prompt": _text("prompt"),
+    "negative": _text("negative prompt"),
+    "steps": lambda value: _integer("steps", value, MIN_STEPS, MAX_STEPS),
+    "seed": _seed,
+    "strength": _strength,
+    "init_img": _init_img,
+    "sampler": _sampler,
+    "width": _size("width"),
+    "height": _size("height"),
+    "cfg_scale": _cfg_scale,
+    "iterations": lambda value: _integer("iterations", value, 1, MAX_ITERATIONS),
+    "variation_amount": lambda value: _fraction("variation amount", value),  # type: ignore[arg-type]
+    "with_variations": _with_variations,
+    "grid": _flag("grid"),
+    "fit": _flag("fit"),
+    "save_steps": _flag("save_steps"),
+    "model": _model,
+    "outdir": _outdir,
+}
+
+
+def validate(r: Request) -> None:
+    """Raise RequestError with a specific one-line message for the first thing wrong with `r`."""
+    for name, check in FIELD_CHECKS.items():
+        check(getattr(r, name))
+
+
+def field_error(name: str, value: object) -> str | None:
+    """The message `validate` gives for `value` in field `name`, or None when it fits."""
+    try:
+        FIELD_CHECKS[name](value)
+    except RequestError as exc:
+        return str(exc)
+    return None
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Request))

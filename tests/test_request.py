@@ -6,11 +6,13 @@ import pytest
 
 from invoke_repl.request import (
     DEFAULT_STRENGTH,
+    FIELD_CHECKS,
     FIELD_NAMES,
     PREVIOUS,
     Request,
     RequestError,
     control_character,
+    field_error,
     img2img_steps,
 )
 
@@ -79,12 +81,47 @@ def test_validation_messages(changes: dict[str, object], words: str) -> None:
         Request(**{"prompt": "x", **changes})  # type: ignore[arg-type]
     assert words in str(info.value)
     assert "\n" not in str(info.value)
+    # the parser checks one value at a time with the same rule, and gets the same message
+    ((name, value),) = changes.items()
+    assert field_error(name, value) == str(info.value)
+
+
+def test_every_field_has_a_rule_and_good_values_pass_it() -> None:
+    assert sorted(FIELD_CHECKS) == sorted(FIELD_NAMES)  # (in the order validate has always reported them)
+    good = Request(
+        prompt="fire",
+        seed=3,
+        strength=0.5,
+        init_img="a.png",
+        width=64,
+        height=64,
+        cfg_scale=7.0,
+        with_variations=((1, 0.5),),
+        model="m",
+        outdir="o",
+    )
+    for name in FIELD_NAMES:
+        assert field_error(name, getattr(good, name)) is None, name
 
 
 def test_control_character_finder() -> None:
     assert control_character("a dog's life, ünïcödé 🔥") is None
     assert control_character("a\x85b") == "\x85"
     assert control_character("\ud800") == "\ud800"
+    assert control_character("ok\u2029then\x00") == "\u2029"  # the first one
+
+
+def test_control_characters_are_exactly_the_unicode_categories_cc_cs_zl_zp() -> None:
+    """The finder is a character class for speed; unicodedata is the definition it must keep to."""
+    import sys
+    import unicodedata
+
+    wrong = [
+        hex(code)
+        for code in range(sys.maxunicode + 1)
+        if (unicodedata.category(chr(code)) in ("Cc", "Cs", "Zl", "Zp")) != (control_character(chr(code)) is not None)
+    ]
+    assert wrong == []
 
 
 def test_prompt_length_and_bracket_depth_are_bounded_for_compel() -> None:
