@@ -13,7 +13,8 @@ Every image carries three text chunks, so that each family of tools finds what i
   - img2img: ``strength`` and ``init_image_path`` (DESIGN.md), plus ``init_img`` (the key 2.x's reader turns back
     into ``-I``; 2.x's writer lost it to a missing comma). 2.x's own ``strength_steps`` is read, not written.
   - ours: ``steps_taken`` (steps actually run: ⌊steps × strength⌋ for img2img), ``fit``, and ``variation_amount``
-    when it is not folded into ``variations``.
+    when it is not folded into ``variations``; at the top level ``device`` (``cuda``, ``cpu``, ``mps``) and
+    ``precision`` (``float16``…), which the line cannot carry but a bit-exact rerun needs (`made_on`).
   - the JSON is ASCII (``ensure_ascii``), as 2.x wrote it, so the chunk is always tEXt.
 
 * ``parameters`` — AUTOMATIC1111's text form: the prompt, a ``Negative prompt:`` line that is always present (even
@@ -149,7 +150,7 @@ def sd_metadata(generated: GeneratedImage, *, model_hash: str, app_version: str)
         image["strength"] = float(r.effective_strength or 0.0)
         image["init_image_path"] = r.init_img
         image["init_img"] = r.init_img
-    return {
+    meta: dict[str, Any] = {
         "model": MODEL_FAMILY,
         "model_id": r.model,
         "model_hash": model_hash,
@@ -157,6 +158,11 @@ def sd_metadata(generated: GeneratedImage, *, model_hash: str, app_version: str)
         "app_version": app_version,
         "image": image,
     }
+    if generated.device:
+        meta["device"] = generated.device
+    if generated.precision:
+        meta["precision"] = generated.precision
+    return meta
 
 
 def _a1111_quote(value: str) -> str:
@@ -255,6 +261,23 @@ def read_request(path: Path, notices: list[str] | None = None) -> Request:
     except MetadataError as exc:
         message = str(exc)
         raise MetadataError(message if message.startswith(str(path)) else f"{path}: {message}") from exc
+
+
+def made_on(chunks: Mapping[str, str]) -> tuple[str, str] | None:
+    """(device type, precision) that an invoke-repl image records in its sd-metadata, or None when it records
+    none (other tools' images, ours before 2026-11-28, anything malformed)."""
+    try:
+        meta = json.loads(chunks.get(SD_METADATA_KEY, ""))
+    except ValueError:
+        return None
+    if not isinstance(meta, dict):
+        return None
+    device, precision = meta.get("device"), meta.get("precision")
+    if not (isinstance(device, str) and isinstance(precision, str) and device and precision):
+        return None
+    if control_character(device + precision) is not None or len(device + precision) > 40:
+        return None  # only ever shown in a notice: keep it one short line
+    return device, precision
 
 
 def request_from_chunks(chunks: Mapping[str, str], notices: list[str] | None = None) -> Request:

@@ -15,10 +15,14 @@ if TYPE_CHECKING:
 class GeneratedImage:
     image: Image.Image
     # Fully resolved: seed drawn, size filled in, iterations=1, strength filled for img2img, a -v variation
-    # folded into with_variations, model named. canonical(request) regenerates exactly this image.
+    # folded into with_variations, model named. canonical(request) regenerates exactly this image on the same
+    # device type in the same precision; elsewhere pixels differ by a few levels (bf16 against fp32: up to 7 of
+    # 255 on the embedded model, audit of 2026-11-28), which is why those two are recorded beside it.
     request: Request
     steps_taken: int
     previews: list[Image.Image] = field(default_factory=list)  # one per step actually taken, when asked
+    device: str = ""  # torch device type that ran it: "cuda", "cpu", "mps"
+    precision: str = ""  # "float32", "float16", "bfloat16"
 
     @property
     def seed(self) -> int:

@@ -435,9 +435,30 @@ class Session:
             return Outcome(ok=False, error=f"!fetch: no such file: {path}")
         notices: list[str] = []
         request = read_request(path, notices)
+        notices += self._made_elsewhere(path)
         for notice in notices:
             self._say(notice)
         return Outcome(edit=canonical(request))
+
+    def _made_elsewhere(self, path: Path) -> list[str]:
+        """A notice when the fetched image was made on another device type or in another precision than this
+        session runs: the line is the same, the pixels will not be (fp16, bf16 and fp32 differ by a few levels).
+        Said only when the model manager already exists; `!fetch` never imports torch to find out."""
+        from invoke_repl.metadata import MetadataError, made_on, read_chunks
+
+        if not self.manager_ready:
+            return []
+        try:
+            origin = made_on(read_chunks(path))
+        except MetadataError:
+            return []
+        here = (self.manager.device.type, str(self.manager.dtype).removeprefix("torch."))
+        if origin is None or origin == here:
+            return []
+        return [
+            f"this image was made on {origin[0]} in {origin[1]}; this session runs on {here[0]} in {here[1]}, so the"
+            " same line makes a close but not identical image (pixels differ by a few levels)"
+        ]
 
     def _cmd_replay(self, args: str) -> Outcome:
         if not args:

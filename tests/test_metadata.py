@@ -22,6 +22,7 @@ from invoke_repl.metadata import (
     A1111_TO_SAMPLER,
     SAMPLER_TO_A1111,
     MetadataError,
+    made_on,
     parse_parameters,
     request_from_chunks,
     request_from_dream,
@@ -672,3 +673,19 @@ def test_a_fetched_a1111_prompt_with_loras_says_they_are_not_loaded() -> None:
     text = "a cat <lora:add_detail:0.8>\nSteps: 20, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 64x64"
     assert request_from_parameters(text, notices).prompt == "a cat <lora:add_detail:0.8>"
     assert notices == ["the PNG's prompt uses LoRAs (<lora:…>), which invoke-repl does not load; remove them to run it"]
+
+
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        ({"device": "cuda", "precision": "bfloat16"}, ("cuda", "bfloat16")),
+        ({"device": "cuda"}, None),  # half a record says nothing
+        ({"device": 3, "precision": "float16"}, None),
+        ({"device": "cuda\nrm -rf", "precision": "float16"}, None),  # only ever shown in a one-line notice
+        ([], None),
+    ],
+)
+def test_made_on_reads_device_and_precision_only_when_both_are_plain_text(meta: object, expected: object) -> None:
+    assert made_on({"sd-metadata": json.dumps(meta)}) == expected
+    assert made_on({"sd-metadata": "{not json"}) is None
+    assert made_on({}) is None

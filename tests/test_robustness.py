@@ -543,3 +543,28 @@ def test_fetch_takes_a_path_quoted_as_the_printed_lines_quote_it(manager: Any, t
     odd.rename(typographic)
     outcome = session.run_line(f"!fetch \u201c{typographic}\u201d")  # pasted from a chat app
     assert outcome.ok and outcome.edit is not None and "--seed 5" in outcome.edit
+
+
+def test_fetch_says_when_the_image_was_made_on_another_device_or_precision(manager: Any, tmp_path: Path) -> None:
+    """The line carries every setting but not the device and precision, which still change the pixels."""
+    import json
+
+    session = make_session(manager, tmp_path / "out")
+    assert session.run_line('"x" -S2 --seed 5').ok
+    made = tmp_path / "out" / "000001.5.png"
+    with Image.open(made) as image:
+        chunks = dict(image.text)
+    meta = json.loads(chunks["sd-metadata"])
+    assert (meta["device"], meta["precision"]) == ("cpu", "float32")
+    assert session.run_line(f"!fetch {made}").ok
+    assert "was made on" not in session.err.getvalue()  # same device, same precision: the same image
+
+    meta.update(device="cuda", precision="float16")
+    info = PngImagePlugin.PngInfo()
+    for key, value in {**chunks, "sd-metadata": json.dumps(meta)}.items():
+        info.add_text(key, value)
+    Image.new("RGB", (8, 8)).save(tmp_path / "from-the-gpu.png", pnginfo=info)
+    outcome = session.run_line(f"!fetch {tmp_path / 'from-the-gpu.png'}")
+    assert outcome.ok and outcome.edit is not None and "--seed 5" in outcome.edit
+    said = session.err.getvalue()
+    assert "made on cuda in float16; this session runs on cpu in float32" in said and said.count("\n") == 1

@@ -139,6 +139,7 @@ def generate(
     shape = latent_shape(components, *size)
     chunk = max(1, batch_size or _default_batch(components))
     loop = {"cancel": cancel, "on_step": on_step, "previews": previews, "progress": progress}
+    made_on = {"device": components.device.type, "precision": str(components.dtype).removeprefix("torch.")}
 
     for first in range(0, len(resolved), chunk):
         if cancel is not None and cancel.is_set():
@@ -149,4 +150,4 @@ def generate(
         else:
             results = txt2img.run(components, request, jobs, cond, uncond, **loop)
         for job, (image, strip) in zip(jobs, results, strict=True):
-            yield GeneratedImage(image, job.request, job.request.steps_taken, strip)
+            yield GeneratedImage(image, job.request, job.request.steps_taken, strip, **made_on)
