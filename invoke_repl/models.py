@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from invoke_repl.catalogue import CHECKPOINT_SUFFIXES, Catalogue, ModelEntry, ModelError
+from invoke_repl.catalogue import CHECKPOINT_SUFFIXES, FAMILIES, Catalogue, ModelEntry, ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -270,7 +270,6 @@ class ModelManager:
         The family and native width/height are read from the files (a checkpoint's header, a folder's configs), so
         a bad path or an unreadable / unsafe file is reported now rather than at the first `!switch`.
         """
-        from invoke_repl.catalogue import FAMILIES
         from invoke_repl.loading import (
             NATIVE_SIZE,
             checkpoint_plan,
@@ -337,6 +336,7 @@ class ModelManager:
         still running in the background is waited for first: it read the old entry, and would otherwise serve the
         old settings (or the old files) for the rest of the session."""
         old = self.catalogue.get(name)
+        fields = self._size_following_config(old, fields)
         with self._lock:
             pending = self._pending.get(name)
         if pending is not None:
@@ -351,6 +351,27 @@ class ModelManager:
 
                 apply_entry_defaults(new, self._slots[name].components)  # new defaults apply from the next line
         self._announce_backup()
+
+    def _size_following_config(self, old: ModelEntry, fields: dict[str, Any]) -> dict[str, Any]:
+        """A width/height that only restate the old config's native size follow a new config.
+
+        `!import_model` writes the detected family's size, so correcting the family afterwards (`config=sd-2-v`
+        for a 768 model that was detected as sd-2) kept 512 and made every line without -W/-H at the wrong size.
+        A size typed in the same edit, or one that differs from the old config's (the user's own), stays.
+        """
+        if "config" not in fields or "width" in fields or "height" in fields or not fields["config"]:
+            return fields
+        before = _native_size_of(old.config)
+        if before is None or (old.width, old.height) != before:
+            return fields
+        value = str(fields["config"])
+        after = _native_size_of(value if value in FAMILIES else Path(value).expanduser())
+        if after is None or after == before:
+            return fields
+        self._notify(
+            f"{old.name}: width and height follow the new config: {after[0]}×{after[1]} (were {before[0]}×{before[1]})"
+        )
+        return {**fields, "width": str(after[0]), "height": str(after[1])}
 
     def _announce_backup(self) -> None:
         if self.catalogue.backup is not None:
@@ -659,3 +680,14 @@ def _name_from(path: Path) -> str:
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _native_size_of(config: str | Path | None) -> tuple[int, int] | None:
+    """The native (width, height) a config names: a family's, or a diffusers config folder's."""
+    from invoke_repl.loading import NATIVE_SIZE, folder_native_size
+
+    if isinstance(config, str) and config in NATIVE_SIZE:
+        return NATIVE_SIZE[config], NATIVE_SIZE[config]
+    if config is not None and Path(config).is_dir():
+        return folder_native_size(Path(config))
+    return None

@@ -408,3 +408,24 @@ def test_import_refuses_an_sdxl_or_inpainting_folder_at_once(tiny_store, tmp_pat
         with pytest.raises(ModelError, match=f"{name} is an? (SDXL|inpainting) model"):
             manager.import_model(folder)
     assert "sdxl" not in Catalogue.find().names() and "inpaint" not in Catalogue.find().names()
+
+
+def test_a_corrected_config_brings_its_native_size_unless_the_size_is_the_users(tmp_path, user_dirs):
+    """Import wrote the detected family's 512; saying the model is really sd-2-v must make it 768."""
+    body = "".join(
+        f"{name}:\n  format: checkpoint\n  path: /nowhere/{name}.safetensors\n  config: sd-2\n"
+        f"  width: {width}\n  height: 512\n"
+        for name, width in (("detected", 512), ("mine", 640), ("typed", 512))
+    )
+    notices: list[str] = []
+    manager = ModelManager(_catalogue(tmp_path, TINY_ONLY + body), device="cpu", notify=notices.append)
+    manager.edit_model("detected", config="sd-2-v")
+    manager.edit_model("mine", config="sd-2-v")  # 640×512 is not sd-2's native size: the user chose it
+    manager.edit_model("typed", config="sd-2-v", width="576")  # a size typed with the config wins
+    saved = Catalogue.load(tmp_path / "models.yaml")
+    assert (saved.get("detected").width, saved.get("detected").height) == (768, 768)
+    assert (saved.get("mine").width, saved.get("mine").height) == (640, 512)
+    assert (saved.get("typed").width, saved.get("typed").height) == (576, 512)
+    assert notices == ["detected: width and height follow the new config: 768×768 (were 512×512)"]
+    manager.edit_model("detected", config="sd-2")  # and back
+    assert Catalogue.load(tmp_path / "models.yaml").get("detected").width == 512
