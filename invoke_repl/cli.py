@@ -118,7 +118,7 @@ def _settle(session: Session, status: int | None) -> None:
     if status is None:  # an exception is on its way out: let it
         return
     if status >= EXIT_SIGNALLED:
-        busy = any(thread.is_alive() for thread in _WARM_UP) or (session.manager_ready and session.manager.loading())
+        busy = any(thread.is_alive() for thread in _WARM_UP) or session.model_work_running
         if busy:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -126,8 +126,7 @@ def _settle(session: Session, status: int | None) -> None:
         return
     for thread in _WARM_UP:
         thread.join()
-    if session.manager_ready:
-        session.manager.settle()
+    session.settle()
 
 
 def _unknown_start_model(args: argparse.Namespace) -> str | None:
@@ -158,9 +157,12 @@ def run_script(session: Session, args: argparse.Namespace) -> int:
     reading = threading.Event()  # set while waiting for the next line: a signal then ends the run at once
     with cancel_on_signals(session.cancel, idle=reading.is_set) as received:  # else after the current step
         try:
-            failures, cancelled = session.run_lines(_flagged_reads(lines, reading))
+            failures, cancelled = session.run_lines(_flagged_reads(lines, reading, session.cancel))
         except KeyboardInterrupt:  # a second signal while the first was honoured
             cancelled, failures = True, 1
+    # A signal during work that never looks at the cancel flag (the last image's save, `!fetch`) still ends the
+    # run as signalled: it was forgotten, and the run exited 0 or waited on the pipe for more.
+    cancelled = cancelled or received.signum is not None
     if cancelled:
         print(
             "invoke-repl: interrupted" if received.signum in (None, signal.SIGINT) else "invoke-repl: terminated",
@@ -170,11 +172,14 @@ def run_script(session: Session, args: argparse.Namespace) -> int:
     return EXIT_FAILED if failures else EXIT_OK
 
 
-def _flagged_reads(lines: Iterable[str], reading: threading.Event) -> Iterator[str]:
+def _flagged_reads(lines: Iterable[str], reading: threading.Event, cancel: threading.Event) -> Iterator[str]:
+    """`lines`, with `reading` set while the next one is awaited; none after `cancel` is set."""
     source = iter(lines)
     while True:
         reading.set()
         try:
+            if cancel.is_set():  # after `reading` is set: a signal from here on stops the read itself
+                return
             line = next(source)
         except StopIteration:
             return

@@ -245,27 +245,36 @@ def run_interactive(session: Session, history: CommandHistory, **prompt_options:
     )
 
     def stop_at_the_prompt(signum: int, frame: Any) -> None:
-        # Raising here would unwind past prompt_toolkit's event loop and leave the terminal raw: ask it to end
-        # the prompt instead, which restores the terminal on the way out.
+        # Never raises: between two lines the loop looks at `pending` after every line and before every prompt.
+        # While a prompt is up, raising would unwind past prompt_toolkit's event loop and leave the terminal raw;
+        # it is asked to end the prompt instead, which restores the terminal on the way out.
+        if signum == signal.SIGINT:  # between two lines: prompt_toolkit takes Ctrl-C while its prompt is up
+            return
         pending.append(signum)
-        app = prompt.app
-        if app.is_running and app.loop is not None:
-            app.loop.call_soon_threadsafe(_end_prompt, app, signum)
-        else:
-            raise Stopped(signum)
+        _end_prompt_soon(prompt.app, pending)
 
-    pending: list[int] = []  # also checked after each prompt: one that ended as the signal came is not lost
+    pending: list[int] = []  # stop signals seen; checked around every prompt, so one that came as it ended counts
     previous = stopping.install(stop_at_the_prompt)
     try:
         return _loop(session, prompt, pending)
     except Stopped as stop:
-        try:
-            print("invoke-repl: terminated", file=session.err, flush=True)
-        except OSError:  # SIGHUP: the terminal may be gone
-            pass
+        _report("invoke-repl: terminated", session.err, pending)
         return stopping.exit_status(stop.signum)
+    except OSError:
+        if not pending:
+            raise
+        return stopping.exit_status(pending[0])  # SIGHUP: the closed terminal failed prompt_toolkit's last write
     finally:
         stopping.restore(previous)
+
+
+def _report(text: str, stream: Any, pending: list[int]) -> None:
+    """Print, unless a stop signal came and the terminal is gone (SIGHUP: writes fail with EIO)."""
+    try:
+        print(text, file=stream, flush=True)
+    except OSError:
+        if not pending:
+            raise
 
 
 class Stopped(Exception):
@@ -276,30 +285,48 @@ class Stopped(Exception):
         self.signum = signum
 
 
-def _end_prompt(app: Any, signum: int) -> None:
-    if app.future is not None and not app.future.done():
-        app.exit(exception=Stopped(signum))
+def _end_prompt_soon(app: Any, pending: list[int]) -> None:
+    loop = app.loop
+    if pending and app.is_running and loop is not None and not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(_end_prompt, app, pending)
+        except RuntimeError:  # the loop closed meanwhile: the check after the prompt sees `pending`
+            pass
+
+
+def _end_prompt(app: Any, pending: list[int]) -> None:
+    if pending and app.future is not None and not app.future.done():
+        app.exit(exception=Stopped(pending[0]))
 
 
 def _loop(session: Session, prompt: PromptSession[str], pending: list[int]) -> int:
     pending_edit = ""
     while True:
+        if pending:
+            raise Stopped(pending[0])
         try:
-            text = prompt.prompt(prompt_text(session), default=pending_edit)
+            # pre_run: a signal that came while this prompt was starting, before it could be asked to end
+            text = prompt.prompt(
+                prompt_text(session), default=pending_edit, pre_run=lambda: _end_prompt_soon(prompt.app, pending)
+            )
         except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line
             pending_edit = ""
             continue
         except EOFError:  # Ctrl-D
+            if pending:
+                raise Stopped(pending[0]) from None
             return 0
         if pending:
             raise Stopped(pending[0])
         pending_edit = ""
         for line in split_commands(text):
             outcome, signum = run_with_cancel(session, line)
-            if outcome.error:
-                print(outcome.error, file=session.err, flush=True)
             if signum is not None and signum != signal.SIGINT:
-                raise Stopped(signum)
+                pending.append(signum)
+            if outcome.error:
+                _report(outcome.error, session.err, pending)
+            if pending:
+                raise Stopped(pending[0])
             if outcome.edit is not None:
                 pending_edit = outcome.edit
             if outcome.quit:
@@ -317,9 +344,13 @@ def run_with_cancel(session: Session, line: str) -> tuple[Outcome, int | None]:
     interrupted save leaves no partial image behind).
     """
     session.cancel.clear()
+    received = stopping.Received()
+    outcome = Outcome(ok=False, error="cancelled", cancelled=True)
     try:
-        with stopping.cancel_on_signals(session.cancel) as received:
+        with stopping.cancel_on_signals(session.cancel, received=received):
             outcome = session.run_line(line)
+    except KeyboardInterrupt:  # a second signal just outside the line's own handling of it
+        pass
     finally:
         session.cancel.clear()
     return outcome, received.signum

@@ -111,6 +111,22 @@ class Session:
     def manager_ready(self) -> bool:
         return self._manager is not None
 
+    @property
+    def model_work_running(self) -> bool:
+        """Whether a thread is still inside model code: a load that a cancelled line left running (`!switch`,
+        `--model`), or one of the manager's own background loads. The interpreter must not shut down under one
+        (see `ModelManager.settle`): a signal during a `!switch` load aborted the process that way."""
+        work = self._manager_work
+        return (work is not None and work.is_alive()) or (self._manager is not None and self._manager.loading())
+
+    def settle(self) -> None:
+        """Wait for `model_work_running` to end."""
+        work = self._manager_work
+        if work is not None:
+            work.join()
+        if self._manager is not None:
+            self._manager.settle()
+
     def model_names(self) -> list[str]:
         """Names for completion; empty until the manager exists so completion never waits for torch."""
         if self._manager is None:
@@ -312,8 +328,8 @@ class Session:
         self.last_path = path
         self.seeds_used.append(generated.seed)
         line = f"[{self.image_count}] {path}: {canonical(generated.request)}"
+        warning = outputs.append_log(outdir, line)  # first: a terminal closed under the print must not cost it
         print(line, file=self.out, flush=True)
-        warning = outputs.append_log(outdir, line)
         if warning:
             self._say(warning)
 

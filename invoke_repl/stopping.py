@@ -36,7 +36,8 @@ def exit_status(signum: int) -> int:
 
 @dataclass
 class Received:
-    """The first stop signal seen inside a `cancel_on_signals` block, if any."""
+    """The stop signal seen inside a `cancel_on_signals` block, if any: the first, unless a SIGTERM or SIGHUP
+    followed a SIGINT."""
 
     signum: int | None = None
 
@@ -56,20 +57,35 @@ def install(handler: Callable[[int, Any], None]) -> dict[int, Any]:
 
 
 def restore(previous: dict[int, Any]) -> None:
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
+    """Put the handlers back with the stop signals held meanwhile: one that comes while the handlers change goes
+    to the restored handler afterwards, never half-way (a KeyboardInterrupt out of here lost a later SIGTERM)."""
+    if not previous:
+        return
+    held = hasattr(signal, "pthread_sigmask")
+    if held:
+        signal.pthread_sigmask(signal.SIG_BLOCK, previous)
+    try:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, previous)
 
 
 @contextmanager
-def cancel_on_signals(cancel: threading.Event, idle: Callable[[], bool] = lambda: False) -> Iterator[Received]:
+def cancel_on_signals(
+    cancel: threading.Event, idle: Callable[[], bool] = lambda: False, received: Received | None = None
+) -> Iterator[Received]:
     """While the block runs, the first stop signal sets `cancel` (the generator and model waits poll it) and the
     next raises KeyboardInterrupt. A `cancel` already set counts as a first signal, and so does `idle()` being true:
     a script blocked reading its next line from a pipe has no step to finish, and would otherwise wait for that
-    line (it hung until the pipe closed)."""
-    received = Received()
+    line (it hung until the pipe closed). What arrived is recorded in `received` (pass one in to read it even
+    when a KeyboardInterrupt ends the block)."""
+    received = received if received is not None else Received()
 
     def handler(signum: int, frame: Any) -> None:
-        if received.signum is None:
+        # A SIGTERM or SIGHUP after a Ctrl-C ends the session: it must not be lost as "just another Ctrl-C".
+        if received.signum is None or (received.signum == signal.SIGINT and signum != signal.SIGINT):
             received.signum = signum
         if cancel.is_set() or idle():
             cancel.set()

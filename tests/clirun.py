@@ -63,7 +63,10 @@ def _own_terminal() -> None:
 class Terminal:
     """invoke-repl on a pseudo-terminal: type keys, read the screen's byte stream."""
 
-    def __init__(self, args: list[str], tmp: Path, rows: int = 40, cols: int = 200) -> None:
+    def __init__(
+        self, args: list[str], tmp: Path, rows: int = 40, cols: int = 200, program: list[str] | None = None
+    ) -> None:
+        """`program` replaces `python -m invoke_repl` (a `python -c` wrapper that slows something down)."""
         import fcntl
         import pty
         import struct
@@ -75,7 +78,7 @@ class Terminal:
         env["TERM"] = "xterm"
         env["PROMPT_TOOLKIT_NO_CPR"] = "1"  # a pty answers no cursor-position requests
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "invoke_repl", *args],
+            [*(program or [sys.executable, "-m", "invoke_repl"]), *args],
             stdin=slave,
             stdout=slave,
             stderr=slave,
@@ -116,7 +119,7 @@ class Terminal:
     def close(self) -> int:
         """Ctrl-D at the prompt. A ^D typed while no prompt is up is eaten by the tty's cooked mode, so retry."""
         for _ in range(20):
-            if self.proc.poll() is not None:
+            if self.proc.poll() is not None or self.master < 0:
                 break
             self.send("\x04")
             try:
@@ -126,5 +129,12 @@ class Terminal:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        os.close(self.master)
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
         return self.proc.returncode
+
+    def hang_up(self) -> None:
+        """Close the terminal, as closing its window does: the kernel sends SIGHUP, and writes to it fail."""
+        os.close(self.master)
+        self.master = -1

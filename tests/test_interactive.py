@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,65 @@ def test_sigterm_during_generation_stops_it_and_ends_the_session(tmp_path: Path)
         terminal.close()
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".png") == ["000001.4.png"]
     assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+# The PNG write of each image is slowed and announced, so a signal lands inside a save for certain.
+SLOW_SAVE = """
+import sys, time
+import invoke_repl.outputs as outputs
+write = outputs._write_all
+def slow(fd, data):
+    print("SAVING-NOW", file=sys.stderr, flush=True)
+    time.sleep(1.5)
+    write(fd, data)
+outputs._write_all = slow
+from invoke_repl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_closing_the_terminal_at_the_prompt_exits_129_without_a_traceback(tmp_path: Path) -> None:
+    terminal = _start(tmp_path)
+    try:
+        terminal.send("!dialect\r")
+        terminal.read_until("dialect: guide", timeout=20)
+        terminal.read_until(PROMPT, timeout=20)
+        terminal.hang_up()  # prompt_toolkit's last write then fails (EIO): that was a traceback and status 1
+        assert terminal.proc.wait(timeout=30) == 129
+    finally:
+        terminal.close()
+    assert (tmp_path / "history").read_text().splitlines() == ["!dialect"]
+
+
+def test_sigterm_after_ctrl_c_during_a_save_still_ends_the_session(tmp_path: Path) -> None:
+    tiny_catalogue(tmp_path)
+    terminal = Terminal(
+        ["--outdir", "out", "--history-file", str(tmp_path / "history")],
+        tmp_path,
+        program=[sys.executable, "-c", SLOW_SAVE],
+    )
+    try:
+        terminal.read_until(PROMPT, timeout=60)
+        terminal.send('"x" --steps 2 --seed 4 -W 32 -H 32\r')
+        terminal.read_until("SAVING-NOW", timeout=60)
+        terminal.send("\x03")  # Ctrl-C: back to the prompt once the save is done ...
+        time.sleep(0.3)
+        terminal.proc.send_signal(signal.SIGTERM)  # ... but this one ends the session: it was taken for a Ctrl-C
+        assert terminal.proc.wait(timeout=30) == 143
+        assert _cooked(terminal)
+    finally:
+        terminal.close()
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("key", ["\x03", "\x04"])
+def test_sigterm_just_after_ctrl_c_or_ctrl_d_at_the_prompt_is_not_lost(tmp_path: Path, key: str) -> None:
+    terminal = _start(tmp_path)
+    try:
+        terminal.send(key)
+        time.sleep(0.001)  # the prompt has ended, the next one has not started: the signal was dropped there
+        terminal.proc.send_signal(signal.SIGTERM)
+        assert terminal.proc.wait(timeout=20) in (143, -signal.SIGTERM)  # -15: it came after Ctrl-D's exit
+        assert _cooked(terminal)
+    finally:
+        terminal.close()

@@ -568,3 +568,16 @@ def test_fetch_says_when_the_image_was_made_on_another_device_or_precision(manag
     assert outcome.ok and outcome.edit is not None and "--seed 5" in outcome.edit
     said = session.err.getvalue()
     assert "made on cuda in float16; this session runs on cpu in float32" in said and said.count("\n") == 1
+
+
+class _GoneTerminal(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError(5, "Input/output error")  # a closed terminal
+
+
+def test_an_image_is_logged_even_when_its_printed_line_cannot_be_written(manager: Any, tmp_path: Path) -> None:
+    session = Session(lambda: manager, outdir=tmp_path / "out", out=_GoneTerminal(), err=io.StringIO(), progress=False)
+    outcome = session.run_line(GOOD)
+    assert not outcome.ok and "Input/output error" in (outcome.error or "")
+    assert (tmp_path / "out" / "000001.9.png").is_file()
+    assert "000001.9.png" in (tmp_path / "out" / "invoke_log.txt").read_text()  # printed first, it was lost

@@ -221,3 +221,58 @@ def test_a_signal_while_a_script_waits_for_its_next_line_ends_it_at_once(
         proc.stdin.close()
     assert code == status
     assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+
+
+# `!switch slow` loads for a minute in torch's C++ code (matmuls, the GIL released), as a real weight read does.
+SLOW_SWITCH = """
+import sys, time
+import invoke_repl.loading as loading
+real = loading.load_entry
+def slow(entry, *args, **kwargs):
+    if entry.name == "slow":
+        import torch
+        print("LOADING-NOW", file=sys.stderr, flush=True)
+        x = torch.randn(1000, 1000)
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            x = (x @ x).clamp(-1, 1)
+    return real(entry, *args, **kwargs)
+loading.load_entry = slow
+from invoke_repl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_signal_during_a_switch_load_exits_143_instead_of_aborting(tmp_path: Path) -> None:
+    """The load runs in a thread the start-up bookkeeping did not know: the interpreter shut down under it and
+    the process aborted ("terminate called without an active exception", status 134)."""
+    tiny_catalogue(tmp_path)
+    with (tmp_path / "models.yaml").open("a") as catalogue:
+        catalogue.write("slow:\n  description: slow\n  format: builtin\n  path: tiny-random\n")
+    run = Watched(
+        [sys.executable, "-c", SLOW_SWITCH, "--outdir", "D", "--no-progress"],
+        tmp_path,
+        '"first" --steps 2 --seed 1 -W 32 -H 32\n!switch slow\n"never" --steps 2\n',
+    )
+    run.wait_for("LOADING-NOW")
+    time.sleep(0.5)
+    run.proc.send_signal(signal.SIGTERM)
+    code, out, err = run.finish()
+    assert code == 143, err
+    assert "terminated" in err and "terminate called" not in err
+    assert sorted(p.name for p in (tmp_path / "D").glob("*.png")) == ["000001.1.png"]
+
+
+def test_a_signal_during_the_last_lines_save_is_not_forgotten(tmp_path: Path) -> None:
+    """Nothing looks at the cancel flag after the last image: the run used to exit 0 as if nothing came."""
+    tiny_catalogue(tmp_path)
+    (tmp_path / "cmds.txt").write_text('"last" --steps 2 --seed 4 -W 32 -H 32\n')
+    run = Watched(
+        [sys.executable, "-c", SLOW_SAVE, "--outdir", "D", "--no-progress", "--from-file", "cmds.txt"], tmp_path, ""
+    )
+    run.wait_for("SAVING-NOW")
+    run.proc.send_signal(signal.SIGTERM)
+    code, out, err = run.finish()
+    assert code == 143, err
+    assert "terminated" in err
+    assert sorted(p.name for p in (tmp_path / "D").glob("*.png")) == ["000001.4.png"]  # finished, so kept
