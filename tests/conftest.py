@@ -16,6 +16,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_xdist_auto_num_workers(config) -> int:  # noqa: ANN001 - pytest-xdist's hook signature
+    """One worker a core, at most 4: each worker holds torch and its models (about 1 GiB), and the subprocess
+    tests start children of their own, so more workers than that cost memory and gain little."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 def pytest_configure(config) -> None:  # noqa: ANN001 - pytest's hook signature
     import torch
 
