@@ -17,8 +17,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_xdist_auto_num_workers(config) -> int:  # noqa: ANN001 - pytest-xdist's hook signature
-    """One worker a core, at most 4: each worker holds torch and its models (about 1 GiB), and the subprocess
-    tests start children of their own, so more workers than that cost memory and gain little."""
+    """One worker a core, at most 4: each worker holds its own torch and models, and the subprocess tests start
+    children of their own, so a many-core machine would multiply memory for little gain (4 is a judgement, not
+    measured here; 2 workers on the 2-core CI machine are)."""
     return max(1, min(os.cpu_count() or 1, 4))
 
 
