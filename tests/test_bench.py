@@ -122,3 +122,44 @@ def test_a_failed_child_process_says_what_it_printed():
 
     with pytest.raises(RuntimeError, match=r"exited 3: .*no CUDA here"):
         bench._run_child([sys.executable, "-c", "import sys; print('no CUDA here', file=sys.stderr); sys.exit(3)"])
+
+
+def test_compile_modes_compiles_each_mode_in_its_own_fresh_process_with_empty_caches(monkeypatch):
+    """Regional against full on the CPU: a cache one mode filled would make the other's first compile look cheap."""
+    from pathlib import Path
+
+    calls = []
+
+    def fake_child(plan, mode, env=None):
+        cache = Path(env["TORCHINDUCTOR_CACHE_DIR"])
+        calls.append((mode, cache, list(cache.iterdir())))
+        (cache / "kernel.so").write_text("x")  # what a compile leaves behind
+        return "ready", {"full": 100.0, "regional": 40.0}[mode], 0.0
+
+    monkeypatch.setattr(bench, "_compile_in_fresh_process", fake_child)
+    result = bench.bench_compile_modes()
+    assert [mode for mode, _, _ in calls] == ["full", "regional"]
+    assert calls[0][1] != calls[1][1] and all(contents == [] for _, _, contents in calls)
+    assert result.ours_s == 40.0 and result.extra["full_s"] == 100.0
+    assert "regional 40.0 s (ready) against full 100.0 s (ready), 0.40 of it" in result.notes
+
+
+def test_compile_modes_runs_only_when_named(monkeypatch):
+    """Minutes of compiling on 2 cores: a plain `python -m invoke_repl.bench` must not start them."""
+    ran: list[str] = []
+
+    def fake(name, *, rows=False):
+        def run(*args, **kwargs):
+            ran.append(name)
+            result = bench.Result(name, "cpu", 1.0, None)
+            return [result] if rows else result
+
+        return run
+
+    for function in ("bench_generation", "bench_prompt_latency", "bench_scripted", "bench_compile_modes"):
+        monkeypatch.setattr(bench, function, fake(function))
+    monkeypatch.setattr(bench, "bench_sampler_overhead", fake("bench_sampler_overhead", rows=True))
+    monkeypatch.setattr(bench, "load_model", lambda name: None)
+    assert bench.main([]) == 0 and "bench_compile_modes" not in ran and "bench_scripted" in ran
+    ran.clear()
+    assert bench.main(["compile_modes"]) == 0 and ran == ["bench_compile_modes"]
