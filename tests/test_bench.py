@@ -76,7 +76,7 @@ def test_every_gpu_scenario_runs_end_to_end_on_a_dry_run(tmp_path, capsys):
     assert int(by_name["gpu_txt2img_k_euler"].notes.rsplit("vs stock ", 1)[1]) <= 1
     assert by_name["gpu_cold_start"].ours_s > 0 and by_name["gpu_cold_start"].stock_s > 0
     assert by_name["gpu_switch"].ours_s >= 0 and by_name["gpu_load_fp16_folder"].stock_s > 0
-    assert "disk cache warm: ready" in by_name["gpu_compile_cache"].notes
+    assert "disk cache warm, other weights of the same architecture: ready" in by_name["gpu_compile_cache"].notes
     peak = by_name["gpu_peak_memory"]
     held = peak.extra["session_graphs"]
     assert held >= 1 and f"With the {held} graph(s) of the earlier scenarios held" in peak.notes
@@ -163,3 +163,19 @@ def test_compile_modes_runs_only_when_named(monkeypatch):
     assert bench.main([]) == 0 and "bench_compile_modes" not in ran and "bench_scripted" in ran
     ran.clear()
     assert bench.main(["compile_modes"]) == 0 and ran == ["bench_compile_modes"]
+
+
+def test_perturbed_weights_are_another_checkpoint_of_the_same_architecture():
+    """The warm-cache row compiles other weights, so that it times a user's second checkpoint, not a rerun."""
+    import torch
+
+    before = build_tiny_random().unet.state_dict()
+    first, second = build_tiny_random().unet, build_tiny_random().unet
+    bench.perturb_weights(first, seed=1)
+    bench.perturb_weights(second, seed=1)
+    after = first.state_dict()
+    assert after.keys() == before.keys()
+    for name, value in after.items():
+        if name in dict(first.named_parameters()):
+            assert value.shape == before[name].shape and not torch.equal(value, before[name]), name
+            assert torch.equal(value, second.state_dict()[name]), name  # seeded: the same "checkpoint" each time
