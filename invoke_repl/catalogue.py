@@ -473,7 +473,9 @@ def read_entries(path: Path, base: Path) -> dict[str, ModelEntry]:
     except UnicodeDecodeError as exc:
         raise ModelError(f"{where}: not UTF-8 text ({exc.reason})") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_CatalogueLoader)  # a SafeLoader: plain data only
+    except _KeyTwice as exc:
+        raise ModelError(f"{where}: {exc}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -483,15 +485,82 @@ def read_entries(path: Path, base: Path) -> dict[str, ModelEntry]:
         return {}
     if not isinstance(data, dict):
         raise ModelError(f"{where}: expected a mapping of model names to entries, got {type(data).__name__}")
-    entries = {}
-    for name, fields in data.items():
-        if isinstance(name, (int, float)) and not isinstance(name, bool):
-            name = str(name)  # `123:` is a fine model name even though YAML reads it as a number
-        entries[name] = parse_entry(name, fields, base, where)
+    entries = {name: parse_entry(name, fields, base, where) for name, fields in data.items()}
     defaults = [name for name, entry in entries.items() if entry.default]
     if len(defaults) > 1:
         raise ModelError(f"{where}: entries {defaults[0]!r} and {defaults[1]!r} are both marked default")
     return entries
+
+
+class _KeyTwice(yaml.YAMLError):
+    """A mapping in the catalogue names one key twice; the text is the problem, read_entries adds the file."""
+
+
+class _CatalogueLoader(yaml.SafeLoader):
+    """safe_load as the catalogue needs it: no key twice in one mapping, and model names as they are written.
+
+    Plain safe_load keeps the last of two equal keys, so a model named twice lost its first entry without a word
+    and the next edit wrote the file without it. And it reads a name such as `1.10`, `0777`, `yes` or `2024-01-01`
+    as a number, a boolean or a date, which renamed the model (`1.1`, `511`) or refused it. So a model name is the
+    text of its key (written back as a string, which safe_dump quotes); fields are read as YAML reads them.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._top: yaml.Node | None = None
+        self._entry_of: dict[int, str] = {}  # id of an entry's own mapping node → its name, to name it in errors
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._top = node
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        top = node is self._top
+        if isinstance(node, yaml.MappingNode):
+            self._refuse_keys_twice(node, top)
+        if not top:
+            return super().construct_mapping(node, deep=deep)
+        self.flatten_mapping(node)
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            name = self._name(key_node)
+            try:
+                hash(name)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, "found unhashable key", key_node.start_mark
+                ) from None
+            if isinstance(value_node, yaml.MappingNode):
+                self._entry_of.setdefault(id(value_node), str(name))
+            mapping[name] = self.construct_object(value_node, deep=deep)
+        return mapping
+
+    def _name(self, key_node: yaml.Node) -> Any:
+        """A model name as typed: `1.10` is the model "1.10", not the number 1.1."""
+        return key_node.value if isinstance(key_node, yaml.ScalarNode) else self.construct_object(key_node, True)
+
+    def _refuse_keys_twice(self, node: yaml.MappingNode, top: bool) -> None:
+        # The mapping's own keys only: a field given again after `<<: *base` is how YAML overrides a merged one.
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self._name(key_node) if top else self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the constructor says so, with its line
+                continue
+            if first is None:
+                seen[key] = line
+                continue
+            lines = f"(lines {first} and {line})" if first != line else f"(both on line {line})"
+            entry = self._entry_of.get(id(node))
+            if top:
+                raise _KeyTwice(f"model {key!r} appears twice {lines}; rename or remove one")
+            if entry is not None:
+                raise _KeyTwice(f"entry {entry!r}: field {key!r} appears twice {lines}; remove one")
+            raise _KeyTwice(f"{key!r} appears twice in one mapping {lines}; remove one")
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -311,3 +311,77 @@ def test_an_edit_of_format_and_path_together_reads_the_path_for_the_new_format(t
     _, catalogue, work = _catalogue_in_config(tmp_path, text)
     assert catalogue.update("a", {"format": "builtin", "path": "tiny-random"}, base=work).format == "builtin"
     assert catalogue.update("b", {"format": "diffusers", "path": "mymodel"}, base=work).path == work / "mymodel"
+
+
+def test_a_model_named_twice_is_refused_and_never_rewritten_without_one_of_them(tmp_path):
+    """safe_load keeps the last of two equal keys: the first entry vanished, and the next edit wrote the file
+    without it (and, the file having no comments, without a backup)."""
+    path = tmp_path / "models.yaml"
+    path.write_text("tiny:\n  format: builtin\n  path: tiny-random\n")
+    catalogue = Catalogue.load(path)
+    text = (
+        "a:\n  format: builtin\n  path: tiny-random\n"
+        "tiny:\n  description: the first\n  format: builtin\n  path: tiny-random\n"
+        "tiny:\n  description: the second\n  format: builtin\n  path: tiny-random\n"
+    )
+    path.write_text(text)
+    message = r"model 'tiny' appears twice \(lines 4 and 8\); rename or remove one"
+    with pytest.raises(ModelError, match=message) as info:
+        Catalogue.load(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    for edit in (
+        lambda: catalogue.add("b", {"format": "builtin", "path": "tiny-random"}),
+        lambda: catalogue.update("a", {"description": "edited"}),
+        lambda: catalogue.remove("a"),
+    ):
+        with pytest.raises(ModelError, match=message):
+            edit()
+    assert path.read_text() == text
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["models.yaml"]  # no backup
+
+
+def test_a_field_named_twice_in_one_entry_is_refused_with_its_lines(tmp_path):
+    """Two `path:` lines in one entry silently used the second; which one the user meant is theirs to say."""
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "tiny:\n  format: builtin\n  path: tiny-random\n"
+        "mine:\n  format: checkpoint\n  path: /models/old.safetensors\n  config: sd-1\n"
+        '  "path": /models/new.safetensors\n'
+    )
+    with pytest.raises(ModelError, match=r"entry 'mine': field 'path' appears twice \(lines 6 and 8\)") as info:
+        Catalogue.load(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_merge_key_overridden_in_an_entry_is_not_a_field_named_twice(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "base: &base\n  format: checkpoint\n  path: /models/base.safetensors\n  config: sd-1\n"
+        "derived:\n  <<: *base\n  path: /models/derived.safetensors\n  config: sd-2\n"
+    )
+    derived = Catalogue.load(path).get("derived")
+    assert derived.path == Path("/models/derived.safetensors") and derived.config == "sd-2"
+
+
+# Each one a number, a boolean, null or a date to YAML, and a fine model name to type after !switch.
+ODD_NAMES = ["1.10", "0777", "1_000", "123", "1e3", "0x1F", "yes", "on", "No", "null", "2024-01-01"]
+
+
+def test_model_names_yaml_would_read_as_numbers_booleans_or_dates_keep_their_text(tmp_path):
+    """`1.10:` was listed as 1.1 and `0777:` as 511, so `!switch 1.10` found no model, and the next edit wrote the
+    file back with the new names; `yes:` and `null:` were refused as not being names at all."""
+    path = tmp_path / "models.yaml"
+    path.write_text("".join(f"{name}:\n  format: builtin\n  path: tiny-random\n" for name in ODD_NAMES))
+    catalogue = Catalogue.load(path)
+    assert catalogue.names() == ODD_NAMES
+    assert catalogue.get("1.10").name == "1.10" and catalogue.get("0777").name == "0777"
+    catalogue.update("1.10", {"description": "edited"})  # read, change one entry, write back
+    assert catalogue.names() == ODD_NAMES
+    assert Catalogue.load(path).names() == ODD_NAMES
+    assert Catalogue.load(path).get("1.10").description == "edited"
+    # Written as strings, so any YAML reader (not only this one) sees the same names.
+    assert list(yaml.safe_load(path.read_text())) == ODD_NAMES
+    catalogue.remove("0777")
+    catalogue.add("2.0", {"format": "builtin", "path": "tiny-random"})
+    expected = [name for name in ODD_NAMES if name != "0777"] + ["2.0"]
+    assert Catalogue.load(path).names() == expected
