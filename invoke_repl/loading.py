@@ -103,9 +103,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     of it runs.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"no such checkpoint file: {path}")
-    if path.suffix.lower() == ".safetensors":
+    _require_regular_file(path)
+    if _is_safetensors(path):
         from safetensors.torch import load_file
 
         try:
@@ -124,6 +123,31 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if isinstance(step, int):
         tensors["global_step"] = step
     return tensors
+
+
+def _require_regular_file(path: Path) -> None:
+    """A FIFO, a device or a socket named as a checkpoint would block the read forever, in C code that signals
+    cannot interrupt (`!import_model p.safetensors` on a FIFO ignored Ctrl-C and SIGTERM)."""
+    if not path.exists():
+        raise ModelError(f"no such checkpoint file: {path}")
+    if not path.is_file():
+        what = "a folder, not a file" if path.is_dir() else "not a regular file (a pipe, a device or a socket)"
+        raise ModelError(f"cannot read {path.name}: it is {what}")
+
+
+def _is_safetensors(path: Path) -> bool:
+    """By content, not by name: a .safetensors file renamed .ckpt went to the unpickler, which called it
+    malicious. The format starts with its JSON header's length (8 bytes, little-endian), then the header's "{"."""
+    if path.suffix.lower() == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
 
 
 def _torch_load_weights_only(path: Path) -> Any:
@@ -161,6 +185,59 @@ class _Inert:
         pass
 
 
+def own_host_weights(*modules: Any) -> int:
+    """Copy into the process's own memory every host tensor of `modules` that still reads a checkpoint file.
+
+    safetensors and `torch.load(mmap=True)` map the file instead of reading it, and on the CPU (weights already in
+    the dtype they run in) nothing copies them after that: the model keeps reading the user's file. Overwriting
+    that file in place (`cp -f new.ckpt model.ckpt` while the session runs) then crashed the whole process with
+    SIGBUS (exit 135) at the next image, or quietly changed the weights under the loaded model's hash. Models
+    moved to a GPU, or cast, are copies already and are left alone. Returns the bytes copied.
+    """
+    import torch
+
+    mapped = _file_mappings()
+    copies: dict[int, Any] = {}  # storage address → its copy, so views of one storage stay views of one copy
+    copied = 0
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.device.type != "cpu" or tensor.numel() == 0:
+                continue
+            storage = tensor.untyped_storage()
+            address = storage.data_ptr()
+            if address not in copies:
+                if mapped is not None and not _inside(mapped, address):
+                    continue
+                copies[address] = storage.clone()
+                copied += storage.nbytes()
+            owned = torch.empty(0, dtype=tensor.dtype)
+            tensor.data = owned.set_(copies[address], tensor.storage_offset(), tensor.size(), tensor.stride())
+    return copied
+
+
+def _file_mappings() -> list[tuple[int, int]] | None:
+    """Address ranges of the files this process has mapped (Linux' /proc/self/maps), sorted; None where the
+    process cannot list them, and every host tensor then counts as mapped (a copy costs seconds, a crash more)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return None
+    ranges = []
+    for line in lines:
+        fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
+        if len(fields) == 6 and fields[4] != "0" and not fields[5].startswith("["):
+            start, end = fields[0].split("-")
+            ranges.append((int(start, 16), int(end, 16)))
+    return sorted(ranges)
+
+
+def _inside(ranges: list[tuple[int, int]], address: int) -> bool:
+    import bisect
+
+    index = bisect.bisect_right(ranges, (address, float("inf"))) - 1
+    return index >= 0 and ranges[index][0] <= address < ranges[index][1]
+
+
 def _is_tensor(value: Any) -> bool:
     import torch
 
@@ -170,7 +247,8 @@ def _is_tensor(value: Any) -> bool:
 def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes of a checkpoint: from the header alone for .safetensors (no weights read)."""
     path = Path(path)
-    if path.suffix.lower() == ".safetensors":
+    _require_regular_file(path)
+    if _is_safetensors(path):
         from safetensors import safe_open
 
         try:

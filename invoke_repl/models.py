@@ -597,7 +597,7 @@ def _cpu() -> Any:
 def _move(components: Components, device: Any, dtype: Any, *, pin: bool) -> None:
     """Move (and cast) the three modules in place; pinned host memory makes the next move to CUDA faster."""
     from invoke_repl.accel import forget_compiled, optimise_layout
-    from invoke_repl.loading import quiet_libraries
+    from invoke_repl.loading import own_host_weights, quiet_libraries
 
     forget_compiled(components)  # compiled UNets hold device buffers and guards for the old placement
     for module in (components.unet, components.vae, components.text_encoder):
@@ -610,6 +610,8 @@ def _move(components: Components, device: Any, dtype: Any, *, pin: bool) -> None
             for tensor in list(module.parameters()) + list(module.buffers()):
                 with contextlib.suppress(RuntimeError):  # pinning is an optimisation; out of pinnable memory is fine
                     tensor.data = tensor.data.pin_memory()
+    if getattr(device, "type", device) == "cpu" and not pin:
+        own_host_weights(components.unet, components.vae, components.text_encoder)
     optimise_layout(components)  # CUDA only: channels_last and fused QKV (a no-op elsewhere)
 
 

@@ -563,3 +563,49 @@ def test_a_memory_mapped_ckpt_counts_its_kept_weights_not_twice_its_file(tiny_st
     legacy = tmp_path / "legacy.ckpt"  # not zip: read whole into memory, so counted as before
     torch.save({"state_dict": state}, legacy, _use_new_zipfile_serialization=False)
     assert estimate_bytes(_entry(legacy, "sd-1", tmp_path), torch.float16) == 2 * legacy.stat().st_size
+
+
+def test_a_safetensors_file_named_ckpt_is_read_by_its_content(tiny_store, tmp_path):
+    """Renamed .ckpt, it went to the unpickler, which called it malicious ("its pickle would run code")."""
+    from invoke_repl.loading import checkpoint_shapes
+
+    renamed = tmp_path / "really.ckpt"
+    renamed.write_bytes(tiny_store["safetensors"].read_bytes())
+    original = read_checkpoint(tiny_store["safetensors"])
+    state = read_checkpoint(renamed)
+    assert state.keys() == original.keys() and all(torch.equal(state[k], original[k]) for k in state)
+    assert checkpoint_shapes(renamed) == {k: tuple(v.shape) for k, v in original.items()}
+    components = load_entry(_entry(renamed, tiny_store["config"], tmp_path), HashCache(tmp_path / "h.json"))
+    assert components.family == "sd-1"
+    pickled = tmp_path / "pickled.ckpt"  # and a real .ckpt still goes to the (weights-only) unpickler
+    pickled.write_bytes(tiny_store["ckpt"].read_bytes())
+    assert read_checkpoint(pickled).keys() == original.keys() | {"global_step"}
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_a_fifo_named_as_a_checkpoint_is_refused_without_blocking(tmp_path, suffix):
+    """Reading a FIFO blocks in C until someone writes to it, holding the interpreter: the session ignored Ctrl-C
+    and SIGTERM for good. In a child process, so that a regression fails this test instead of hanging the run."""
+    import subprocess
+    import sys
+
+    fifo = tmp_path / f"p{suffix}"
+    os.mkfifo(fifo)
+    code = (
+        "import sys\n"
+        "from invoke_repl.catalogue import ModelError\n"
+        "from invoke_repl.loading import checkpoint_shapes, read_checkpoint\n"
+        "for read in (checkpoint_shapes, read_checkpoint):\n"
+        "    try:\n"
+        "        read(sys.argv[1])\n"
+        "    except ModelError as exc:\n"
+        "        print(exc)\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60, cwd=Path.cwd()
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading a FIFO blocked")
+    expected = f"cannot read p{suffix}: it is not a regular file (a pipe, a device or a socket)"
+    assert done.stdout.splitlines() == [expected] * 2, done.stderr

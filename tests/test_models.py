@@ -429,3 +429,31 @@ def test_a_corrected_config_brings_its_native_size_unless_the_size_is_the_users(
     assert notices == ["detected: width and height follow the new config: 768×768 (were 512×512)"]
     manager.edit_model("detected", config="sd-2")  # and back
     assert Catalogue.load(tmp_path / "models.yaml").get("detected").width == 512
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "ckpt", "folder"])
+def test_a_loaded_model_keeps_its_weights_when_its_file_is_overwritten_in_place(kind, tiny_store, tmp_path, user_dirs):
+    """Weights read by memory-mapping stayed backed by the user's file on the CPU: `cp -f` over it while the session
+    ran crashed the process with SIGBUS (a shorter file) or changed the loaded weights (here: zeros, same size)."""
+    if kind == "folder":
+        path = model_dir_copy(tiny_store, tmp_path)
+        body = f"mine:\n  format: diffusers\n  path: {path}\n"
+        weight_files = [f for f in path.rglob("*") if f.suffix in (".safetensors", ".bin")]
+    else:
+        path = tmp_path / f"mine.{kind}"
+        path.write_bytes(tiny_store[kind].read_bytes())
+        body = f"mine:\n  format: checkpoint\n  path: {path}\n  config: {tiny_store['config']}\n"
+        weight_files = [path]
+    manager = ModelManager(_catalogue(tmp_path, body), device="cpu")
+    components = manager.switch("mine")
+    modules = (components.unet, components.vae, components.text_encoder)
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+    mapped = loading._file_mappings()
+    assert mapped is not None  # Linux: the check below can see file-backed memory
+    assert not [n for m in modules for n, p in m.named_parameters() if loading._inside(mapped, p.data_ptr())]
+    for file in weight_files:
+        with open(file, "r+b") as handle:  # in place, as cp -f does: same inode, new bytes
+            handle.write(bytes(file.stat().st_size))
+    for module, saved in zip(modules, before, strict=True):
+        changed = [k for k, v in module.state_dict().items() if not torch.equal(v, saved[k])]
+        assert changed == []
