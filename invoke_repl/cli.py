@@ -54,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_manager_factory(args: argparse.Namespace):
-    """A function that builds the model manager; importing it pulls in torch, so it runs only when needed."""
+def make_manager_factory(args: argparse.Namespace, *, scripted: bool = False):
+    """A function that builds the model manager; importing it pulls in torch, so it runs only when needed.
+
+    A script's lines each report an unusable catalogue as `line N: …`; the early notice would be one more copy,
+    outside that format."""
 
     def factory():
         from invoke_repl.models import ModelManager, open_catalogue
@@ -67,7 +70,7 @@ def make_manager_factory(args: argparse.Namespace):
             precision=args.precision,
             max_loaded=args.max_loaded_models,
         )
-        manager.start_background_load(args.model)
+        manager.start_background_load(args.model, report_unusable=not scripted)
         return manager
 
     return factory
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     outdir = args.outdir if args.outdir is not None else default_outdir()
     scripted = args.from_file is not None or not sys.stdin.isatty()
     session = Session(
-        make_manager_factory(args),
+        make_manager_factory(args, scripted=scripted),
         outdir=outdir,
         dialect=args.dialect,
         # Bars redraw with carriage returns: into a log file (stderr redirected) they are noise around the errors.
@@ -144,8 +147,39 @@ def _unknown_start_model(args: argparse.Namespace) -> str | None:
     return f"no model named {args.model!r} in {catalogue.source} (known: {', '.join(catalogue.entries) or 'none'})"
 
 
+def _not_a_script(path: Path) -> str | None:
+    """Why `--from-file PATH` cannot be a script, if it cannot: a folder, or a device such as /dev/zero, which
+    has no end (reading it all ran out of memory with a traceback). Pipes stay welcome: `--from-file <(…)`."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # the read says why, in one line
+    if stat.S_ISDIR(mode):
+        return "it is a folder"
+    if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) and not _is_terminal(path):
+        return "it is a device, not a file of commands"
+    return None
+
+
+def _is_terminal(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return os.isatty(fd)
+    finally:
+        os.close(fd)
+
+
 def run_script(session: Session, args: argparse.Namespace) -> int:
     if args.from_file is not None:
+        unreadable = _not_a_script(args.from_file)
+        if unreadable:
+            print(f"invoke-repl: cannot read {args.from_file}: {unreadable}", file=sys.stderr)
+            return EXIT_USAGE
         try:
             lines: Iterable[str] = args.from_file.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError as exc:

@@ -197,12 +197,13 @@ class ModelManager:
         self.catalogue.get(name)
         return self._ensure(name)
 
-    def start_background_load(self, name: str | None = None) -> None:
+    def start_background_load(self, name: str | None = None, *, report_unusable: bool = True) -> None:
         """Start loading (default: the active/default model) in a thread and return at once.
 
         The first `get()` waits for it; a failure is reported by that `get()`, not here. An unknown name or a
-        catalogue with nothing usable is reported through `notify` only, so `!models` and `!import_model` keep
-        working and the user can repair things from the prompt.
+        catalogue with nothing usable is reported through `notify` only (unless `report_unusable` is off: every
+        line that needs a model says it again), so `!models` and `!import_model` keep working and the user can
+        repair things from the prompt.
         """
         if name is None:
             with self._lock:
@@ -213,7 +214,8 @@ class ModelManager:
                 name, notice = self.catalogue.default_name()
             self.catalogue.get(name)
         except ModelError as exc:
-            self._notify(str(exc))
+            if report_unusable:
+                self._notify(str(exc))
             return
         with self._lock:
             if self._active is None:

@@ -318,5 +318,8 @@ def append_log(outdir: Path, line: str) -> str | None:
         finally:
             os.close(fd)
     except OSError as exc:
-        return f"warning: could not append to the log {path}: {_reason(exc)}"
+        # EACCES here may be the log file's own mode, not the folder's (a `chmod 444 invoke_log.txt`)
+        folder_writable = os.access(outdir, os.W_OK)
+        why = "permission denied (the log file is read-only)" if exc.errno == errno.EACCES and folder_writable else None
+        return f"warning: could not append to the log {path}: {why or _reason(exc)}"
     return None

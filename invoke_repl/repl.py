@@ -55,12 +55,19 @@ class CommandHistory(History):
         self.warn = warn
         self.owned = owned  # the default history file: ours to set aside when it is broken
         self._writable = path is not None
+        self._lines: list[str] | None = None
 
     def load_history_strings(self) -> Iterable[str]:
         return list(reversed(self.read_lines()))
 
     def read_lines(self) -> list[str]:
-        """Oldest first."""
+        """Oldest first. Read once: the session numbers these lines and prompt_toolkit loads them for recall, and
+        a second read warned twice about a broken file (and read a long one twice)."""
+        if self._lines is None:
+            self._lines = self._read_lines()
+        return list(self._lines)
+
+    def _read_lines(self) -> list[str]:
         if self.path is None or not os.path.lexists(self.path):
             return []
         if self.path.is_dir():  # never moved: a mistyped --history-file ~/projects must not rename the folder
@@ -104,9 +111,13 @@ class CommandHistory(History):
         if not self._writable or self.path is None:
             return
         try:
+            text = (string.replace("\n", " ") + "\n").encode("utf-8")
+        except UnicodeEncodeError:  # a byte that is not UTF-8, typed or pasted: the session refuses the line anyway
+            return
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(string.replace("\n", " ") + "\n")
+            with open(self.path, "ab") as handle:
+                handle.write(text)
         except OSError as exc:
             self._writable = False
             self.warn(f"warning: cannot write history file {self.path} ({_reason(exc)}); history kept in memory only")
@@ -319,7 +330,8 @@ def _loop(session: Session, prompt: PromptSession[str], pending: list[int]) -> i
         if pending:
             raise Stopped(pending[0])
         pending_edit = ""
-        for line in split_commands(text):
+        lines = split_commands(text)
+        for number, line in enumerate(lines):
             outcome, signum = run_with_cancel(session, line)
             if signum is not None and signum != signal.SIGINT:
                 pending.append(signum)
@@ -332,6 +344,8 @@ def _loop(session: Session, prompt: PromptSession[str], pending: list[int]) -> i
             if outcome.quit:
                 return 0
             if outcome.cancelled:
+                for unrun in lines[number + 1 :]:  # in the history file already, so numbered as well
+                    session.number_unrun(unrun)
                 break
 
 

@@ -148,8 +148,10 @@ class Session:
             self._say(notice)
         if parsed is None:
             return Outcome()
-        if _remembered(parsed):
-            self._history.append(line.strip())  # after the earlier lines, whenever those are numbered
+        if _remembered(parsed) and not self._replaying:
+            # After the earlier lines, whenever those are numbered. A replayed file's lines are not numbered: they
+            # never reach the history file, so after a restart every later number would have moved.
+            self._history.append(line.strip())
         try:
             if isinstance(parsed, BangCommand):
                 return self._bang(parsed)
@@ -166,6 +168,13 @@ class Session:
         if out_of_memory:
             self._free_memory()
         return failed
+
+    def number_unrun(self, line: str) -> None:
+        """Number a line that reached the history file but never ran: the rest of a pasted block after a Ctrl-C
+        (prompt_toolkit stores the whole block when it is accepted). Without it every later `!NN` changed at the
+        next start, which numbers the file's lines."""
+        if self.keeps_in_history(line):
+            self._history.append(line.strip())
 
     def keeps_in_history(self, line: str) -> bool:
         """Whether `run_line` would number `line` in the history (`!NN`, `!history`) under the current dialect."""

@@ -203,3 +203,20 @@ def test_a_script_that_ends_while_the_default_model_loads_exits_cleanly(tmp_path
 def test_a_missing_models_file_is_a_start_up_error(tmp_path: Path) -> None:
     result = run_cli(["--models", "absent.yaml"], tmp_path, stdin='"x" -S2\n!models\n')
     assert result.returncode == 2 and result.stderr.strip() == "invoke-repl: --models absent.yaml: no such file"
+
+
+def test_a_device_or_a_folder_as_the_script_is_a_one_line_start_up_error(tmp_path: Path) -> None:
+    """`--from-file /dev/zero` read an endless file whole: a MemoryError traceback, or all of the RAM."""
+    (tmp_path / "scripts").mkdir()
+    for script, why in (("/dev/zero", "it is a device, not a file of commands"), ("scripts", "it is a folder")):
+        result = run_cli(["--from-file", script, "--no-progress"], tmp_path, timeout=60)
+        assert result.returncode == 2 and result.stderr.strip() == f"invoke-repl: cannot read {script}: {why}"
+
+
+def test_a_script_reports_an_unusable_catalogue_once_per_line_in_the_line_format(tmp_path: Path) -> None:
+    """The background load announced it as well, a bare line before the first `line N: …` saying the same."""
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    result = run_cli(["--models", "empty.yaml", "--no-progress"], tmp_path, stdin='"x" -S2\n"y" -S2\n')
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"line {n}: ") for n, line in enumerate(lines, 1)), lines

@@ -196,3 +196,48 @@ def test_sigterm_just_after_ctrl_c_or_ctrl_d_at_the_prompt_is_not_lost(tmp_path:
         assert _cooked(terminal)
     finally:
         terminal.close()
+
+
+def test_a_byte_that_is_not_utf8_at_the_prompt_is_one_line_and_the_session_goes_on(tmp_path: Path) -> None:
+    """prompt_toolkit handed the history a surrogate-escaped line, whose write raised inside its event loop: a
+    25-line traceback, then "Press ENTER to continue", which swallowed the next line typed."""
+    import os
+
+    terminal = _start(tmp_path)
+    try:
+        os.write(terminal.master, b"caf\xe9 -S10 --seed 3\r")
+        terminal.read_until("control character", timeout=20)
+        terminal.read_until(PROMPT, timeout=20)
+        terminal.send("!dialect\r")
+        terminal.read_until("dialect: guide", timeout=20)
+    finally:
+        assert terminal.close() == 0
+    assert b"Unhandled exception" not in terminal.seen and b"Traceback" not in terminal.seen
+    assert (tmp_path / "history").read_text().splitlines() == ["!dialect"]  # the refused line is not numbered
+
+
+def test_history_numbers_stay_the_same_after_a_ctrl_c_in_a_pasted_block(tmp_path: Path) -> None:
+    """The whole pasted block reaches the history file when it is accepted; the lines after the cancelled one
+    went unnumbered in the session, so after a restart `!2` named another line than it had."""
+    terminal = _start(tmp_path)
+    try:
+        terminal.send("!dialect\r")
+        terminal.read_until("dialect: guide", timeout=20)
+        terminal.read_until(PROMPT, timeout=20)
+        terminal.send('\x1b[200~"long one" --steps 1000 --seed 3\r"second pasted" -S2\r"third pasted" -S2\x1b[201~\r')
+        terminal.read_until("/1000", timeout=120)
+        terminal.send("\x03")
+        terminal.read_until("cancelled", timeout=30)
+        terminal.read_until(PROMPT, timeout=30)
+        terminal.send("!history\r")
+        terminal.read_until('[3] "third pasted" -S2', timeout=20)  # numbered although it never ran
+        terminal.read_until(PROMPT, timeout=20)
+    finally:
+        assert terminal.close() == 0
+    again = _start(tmp_path)
+    try:
+        again.send("!history\r")
+        again.read_until('[3] "third pasted" -S2', timeout=20)  # the file's numbering: the same
+        again.read_until(PROMPT, timeout=20)
+    finally:
+        again.close()

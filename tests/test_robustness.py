@@ -581,3 +581,56 @@ def test_an_image_is_logged_even_when_its_printed_line_cannot_be_written(manager
     assert not outcome.ok and "Input/output error" in (outcome.error or "")
     assert (tmp_path / "out" / "000001.9.png").is_file()
     assert "000001.9.png" in (tmp_path / "out" / "invoke_log.txt").read_text()  # printed first, it was lost
+
+
+def test_a_broken_history_file_is_read_and_reported_once(tmp_path: Path) -> None:
+    """The session numbers the file's lines and prompt_toolkit loads them for recall: two reads, two warnings."""
+    warnings: list[str] = []
+    latin1 = tmp_path / "latin1"
+    latin1.write_bytes("café\n".encode("latin-1"))
+    history = CommandHistory(latin1, warnings.append)
+    assert history.read_lines() == [] and list(history.load_history_strings()) == []
+    assert len(warnings) == 1 and "not UTF-8" in warnings[0]
+    assert latin1.read_bytes() == "café\n".encode("latin-1")  # named by the user: left as it is
+
+
+def test_a_line_that_is_not_utf8_is_not_written_to_the_history_file(tmp_path: Path) -> None:
+    """A surrogate-escaped byte (typed or pasted) failed the write inside prompt_toolkit: a traceback."""
+    warnings: list[str] = []
+    history = CommandHistory(tmp_path / "history", warnings.append)
+    history.append_string("caf\udce9 -S10")
+    history.append_string("!dialect")
+    assert (tmp_path / "history").read_text() == "!dialect\n" and warnings == []
+
+
+def test_replayed_lines_are_not_numbered_so_numbers_survive_a_restart(manager: Any, tmp_path: Path) -> None:
+    """A replayed file's lines were numbered in the session but never reached the history file: after a restart
+    every later `!NN` named another line."""
+    script = tmp_path / "rep.txt"
+    script.write_text('"r1" --steps 2 --seed 1\n"r2" --steps 2 --seed 2\n')
+    session = make_session(manager, tmp_path / "out")
+    for line in ("!dialect", f'!replay "{script}"', '"after" --steps 2 --seed 3'):
+        assert session.run_line(line).ok
+    assert session.history == ["!dialect", f'!replay "{script}"', '"after" --steps 2 --seed 3']
+    assert session.last_path is not None and session.last_path.name.endswith(".3.png")
+
+
+def test_a_read_only_log_file_is_not_blamed_on_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`chmod 444 invoke_log.txt` in a writable folder was reported as "the folder is not writable"."""
+    import errno
+
+    from invoke_repl import outputs
+
+    log = tmp_path / outputs.LOG_NAME
+    real_open = os.open
+
+    def read_only_log(path: Any, flags: int, *args: Any) -> int:
+        if Path(path) == log:  # as the kernel answers a non-root user (root may write read-only files)
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only_log)
+    warning = outputs.append_log(tmp_path, "[1] x.png: x")
+    assert warning is not None and "the log file is read-only" in warning and "folder" not in warning
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # and where the folder is the reason, it says so
+    assert "the folder is not writable" in (outputs.append_log(tmp_path, "[1] x.png: x") or "")
