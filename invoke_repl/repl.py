@@ -9,6 +9,7 @@ session as `stopping` describes. It never imports torch.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +23,7 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.history import History
 
 from invoke_repl import stopping
-from invoke_repl.commands import BANG_COMMANDS, QUOTE_PAIRS, switch_names
+from invoke_repl.commands import BANG_COMMANDS, DIALECTS, QUOTE_PAIRS, switch_names
 from invoke_repl.request import SAMPLERS
 from invoke_repl.session import Outcome, Session
 
@@ -242,10 +243,36 @@ def prompt_text(session: Session) -> str:
     return "invoke> "
 
 
+_DIALECT_LINE = re.compile(r"^\s*(?:invoke>\s*)?!dialect\s+(\S+)\s*$")
+
+
+def restore_history(session: Session, history: CommandHistory) -> None:
+    """Give the session the history file's lines to number, and make the file say the dialect this session types in.
+
+    A file's lines are numbered again at every start, each read under the dialect it was typed in: the file begins
+    in the default dialect and its `!dialect` lines switch it. A session started with `--dialect legacy`, or one
+    started in the default after the last session ended in `!dialect legacy`, typed its lines in a dialect the file
+    did not say, so at the next start they were read in another (and `"x" -s10 -S5` is a bad line in guide, where
+    -s is a strength): every later `!NN` moved. Such a session's history therefore starts with the `!dialect` line
+    it would otherwise lack, numbered like a typed one.
+    """
+    lines = history.read_lines()
+    session.add_earlier_history(lines, dialect=DIALECTS[0])
+    dialect = DIALECTS[0]
+    for line in lines:
+        found = _DIALECT_LINE.match(line)
+        if found and found.group(1) in DIALECTS:
+            dialect = found.group(1)
+    if dialect != session.dialect:
+        marker = f"!dialect {session.dialect}"
+        history.append_string(marker)
+        session.number_unrun(marker, kept=True)
+
+
 def run_interactive(session: Session, history: CommandHistory, **prompt_options: Any) -> int:
     """Loop until Ctrl-D or !quit (status 0: errors were shown and survived), or until SIGTERM or SIGHUP (128 + its
     number, after the running line stopped as Ctrl-C stops it and with the terminal given back in cooked mode)."""
-    session.add_earlier_history(history.read_lines())
+    restore_history(session, history)
     prompt: PromptSession[str] = PromptSession(
         history=history,
         auto_suggest=AutoSuggestFromHistory(),

@@ -169,11 +169,12 @@ class Session:
             self._free_memory()
         return failed
 
-    def number_unrun(self, line: str) -> None:
+    def number_unrun(self, line: str, *, kept: bool = False) -> None:
         """Number a line that reached the history file but never ran: the rest of a pasted block after a Ctrl-C
-        (prompt_toolkit stores the whole block when it is accepted). Without it every later `!NN` changed at the
-        next start, which numbers the file's lines."""
-        if self.keeps_in_history(line):
+        (prompt_toolkit stores the whole block when it is accepted), or the `!dialect` line a start adds. Without
+        it every later `!NN` changed at the next start, which numbers the file's lines. `kept`: the caller knows
+        the line is numbered (it is not parsed: the prompt must not wait)."""
+        if kept or self.keeps_in_history(line):
             self._history.append(line.strip())
 
     def keeps_in_history(self, line: str) -> bool:
@@ -192,13 +193,14 @@ class Session:
             self._history[:0] = self.numbered_history(lines, dialect)
         return self._history
 
-    def add_earlier_history(self, lines: list[str]) -> None:
+    def add_earlier_history(self, lines: list[str], dialect: str | None = None) -> None:
         """Put a history file's lines (oldest first) before this session's, numbered only when a command first
         asks for a number. Numbering parses every line (~65 µs each on this 2-core CPU: 20,000 lines took 1.4 s)
-        and the prompt must not wait for it, nor the model's warm-up share the interpreter with it."""
+        and the prompt must not wait for it, nor the model's warm-up share the interpreter with it. `dialect`: the
+        one the first line was typed in (default: the session's)."""
         if self._earlier is not None:
-            lines = self._earlier[0] + lines
-        self._earlier = (list(lines), self.dialect)
+            lines, dialect = self._earlier[0] + lines, self._earlier[1]
+        self._earlier = (list(lines), dialect or self.dialect)
 
     def numbered_history(self, lines: Iterable[str], dialect: str | None = None) -> list[str]:
         """The lines of a history file that `run_line` numbered when they were typed, so `!NN` still names the same

@@ -55,7 +55,8 @@ def test_the_prompt_parses_no_history_line_before_a_command_needs_one(
         status = run_interactive(session, CommandHistory(path, print), input=keys, output=DummyOutput())
     assert status == 0
     assert parsed == []  # it parsed all 2,000 lines first
-    assert len(session.history) == 3 * 400  # numbered now, on first use
+    # numbered now, on first use; and the file ended in legacy, so this guide session's start says so (+1)
+    assert len(session.history) == 3 * 400 + 1 and session.history[-1] == "!dialect guide"
     assert len(parsed) == 2000
 
 
@@ -83,3 +84,44 @@ def test_recall_by_number_reaches_a_lazily_numbered_line() -> None:
     session.add_earlier_history(EARLIER)
     outcome = session.run_line("!1")
     assert outcome.ok and outcome.edit == '"cat" -s 50 -S 7'
+
+
+def _start(path: Path, dialect: str) -> tuple[Session, CommandHistory]:
+    from invoke_repl.repl import restore_history
+
+    session, history = _session(dialect), CommandHistory(path, print)
+    restore_history(session, history)
+    return session, history
+
+
+def _type(session: Session, history: CommandHistory, lines: list[str]) -> None:
+    """As the prompt does: prompt_toolkit writes each accepted line to the file, the session numbers it."""
+    for line in lines:
+        history.append_string(line)
+        session.number_unrun(line)
+
+
+@pytest.mark.parametrize(("first", "second"), [("legacy", "guide"), ("guide", "legacy"), ("legacy", "legacy")])
+def test_numbers_survive_restarts_with_another_start_dialect(tmp_path: Path, first: str, second: str) -> None:
+    """Lines typed after `--dialect legacy` were read at the next plain start as guide lines, where `-s10` is a
+    strength of 10, an error, so they lost their numbers and `!1` named another line."""
+    path = tmp_path / "history"
+    typed = {"legacy": ['"x" -s10 -S5', '"y" -s10 -S6'], "guide": ['"z" -S10 --seed 7', '"w" -s0.5 -I a.png']}
+    one, history = _start(path, first)
+    _type(one, history, typed[first])
+    two, history = _start(path, second)
+    assert two.history[: len(one.history)] == one.history  # the first session's numbers, unchanged
+    _type(two, history, typed[second])
+    three, _ = _start(path, "guide")
+    assert three.history[: len(two.history)] == two.history
+    assert [line for line in three.history if not line.startswith("!dialect")] == typed[first] + typed[second]
+    # Said only where the dialect changed: legacy first, or at the first legacy start; guide at the next plain one.
+    assert [line for line in three.history if line.startswith("!dialect")] == ["!dialect legacy", "!dialect guide"]
+
+
+def test_a_session_in_the_dialect_the_file_ends_in_adds_no_line(tmp_path: Path) -> None:
+    path = tmp_path / "history"
+    path.write_text('!dialect legacy\n"x" -s10 -S5\n')
+    session, _ = _start(path, "legacy")
+    assert session.history == ["!dialect legacy", '"x" -s10 -S5']
+    assert path.read_text() == '!dialect legacy\n"x" -s10 -S5\n'
