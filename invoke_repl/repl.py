@@ -19,8 +19,10 @@ from typing import Any
 from prompt_toolkit import PromptSession
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
+from prompt_toolkit.completion.base import get_common_complete_suffix
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import History
+from prompt_toolkit.key_binding import KeyBindings
 
 from invoke_repl import stopping
 from invoke_repl.commands import BANG_COMMANDS, DIALECTS, QUOTE_PAIRS, switch_names
@@ -269,16 +271,48 @@ def restore_history(session: Session, history: CommandHistory) -> None:
         session.number_unrun(marker, kept=True)
 
 
+def tab_completes_at_once(completer: Completer) -> KeyBindings:
+    """Tab inserts what it completes before the next key is handled.
+
+    prompt_toolkit's own Tab starts the completion as a task, so an Enter in the same burst of input (typed ahead
+    while an image was generating, or fast) ran the line as it was before: the screen showed `-A k_euler` and the
+    session said "unknown sampler 'k_eul'". Our completions are cheap (names, switches, one folder listing), so
+    Tab computes them on the spot: a single one, or the common start of several, is inserted at once; the menu
+    of several still opens as before.
+    """
+    bindings = KeyBindings()
+
+    @bindings.add("tab")
+    def _complete(event: Any) -> None:
+        buffer = event.current_buffer
+        if buffer.complete_state:  # a menu is open: Tab moves through it, as before
+            buffer.complete_next()
+            return
+        found = list(completer.get_completions(buffer.document, CompleteEvent(completion_requested=True)))
+        if len(found) == 1:
+            buffer.apply_completion(found[0])
+            return
+        common = get_common_complete_suffix(buffer.document, found)
+        if common:
+            buffer.insert_text(common)
+        if len(found) > 1:
+            buffer.start_completion(insert_common_part=False)
+
+    return bindings
+
+
 def run_interactive(session: Session, history: CommandHistory, **prompt_options: Any) -> int:
     """Loop until Ctrl-D or !quit (status 0: errors were shown and survived), or until SIGTERM or SIGHUP (128 + its
     number, after the running line stopped as Ctrl-C stops it and with the terminal given back in cooked mode)."""
     restore_history(session, history)
+    completer = InvokeCompleter(session)
     prompt: PromptSession[str] = PromptSession(
         history=history,
         auto_suggest=AutoSuggestFromHistory(),
-        completer=InvokeCompleter(session),
+        completer=completer,
         complete_while_typing=False,
         enable_history_search=False,
+        key_bindings=tab_completes_at_once(completer),
         **prompt_options,
     )
 

@@ -80,3 +80,36 @@ def test_paths_with_spaces_complete_quoted_and_go_on_inside_the_quotes(tmp_path:
     # Inside a typographic quote the completion closes with its partner, and the line still reads back.
     assert _complete(session, '"x" -S2 -I \u201cmy dir/fi') == ["\u201cmy dir/fire drawing.png\u201d"]
     assert parse('"x" -S2 -I \u201cmy dir/fire drawing.png\u201d').init_img == "my dir/fire drawing.png"
+
+
+def _typed_ahead(keys_text: str) -> list[str]:
+    """The lines the REPL runs when `keys_text` arrives in one burst, as keys typed during a generation do."""
+    import io
+
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from invoke_repl.repl import CommandHistory, run_interactive
+    from invoke_repl.session import Outcome
+
+    ran: list[str] = []
+
+    class Recording(Session):
+        def run_line(self, line: str) -> Outcome:
+            ran.append(line)
+            return Outcome()
+
+    session = Recording(_Manager, outdir=Path("unused"), out=io.StringIO(), err=io.StringIO())
+    with create_pipe_input() as keys:
+        keys.send_text(keys_text + "\x04")
+        assert run_interactive(session, CommandHistory(None, print), input=keys, output=DummyOutput()) == 0
+    return ran
+
+
+def test_tab_then_enter_in_one_burst_runs_the_completed_line(tmp_path: Path, monkeypatch) -> None:
+    """prompt_toolkit completed in a task after the Enter: the screen showed `-A k_euler`, the line ran `k_eul`."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "with space.png").write_bytes(b"")
+    assert _typed_ahead('"x" -A k_lm\t\r') == ['"x" -A k_lms']  # one completion: inserted
+    assert _typed_ahead('"x" -A k_eul\t\r') == ['"x" -A k_euler']  # k_euler, k_euler_a: their common start
+    assert _typed_ahead('"x" -I with\t\r') == ['"x" -I "with space.png"']
