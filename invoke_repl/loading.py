@@ -119,6 +119,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         data = data["state_dict"]
     tensors = {k: v for k, v in data.items() if _is_tensor(v)}
     if not tensors:
+        if isinstance(data.get("string_to_param"), dict):  # A1111's embedding .pt keeps its tensors one level down
+            raise ModelError(f"{path.name} {_NOT_A_MODEL['a textual-inversion embedding']}")
         raise ModelError(f"cannot read {path.name}: it holds no tensors")
     if isinstance(step, int):
         tensors["global_step"] = step
@@ -359,14 +361,48 @@ def unsupported_checkpoint(shapes: dict[str, tuple[int, ...]]) -> str | None:
 
 
 def unsupported_folder(folder: Path) -> str | None:
-    """As `unsupported_checkpoint`, for a diffusers folder (read from its UNet config)."""
+    """As `unsupported_checkpoint`, for a diffusers folder (read from its UNet config).
+
+    An `in_channels` that is no number is a broken config, refused as such: `"4"` was named "a model (4 UNet input
+    channels, not 4)"."""
     unet = _read_json(folder / "unet" / "config.json") or {}
     if unet.get("addition_embed_type") == "text_time":
         return "an SDXL model"
     channels = unet.get("in_channels", 4)
+    if isinstance(channels, bool) or not isinstance(channels, int | float):
+        raise ModelError(f"{folder.name}: unet/config.json: in_channels must be a number, not {channels!r}")
     if channels != 4:
         names = {9: "an inpainting model", 8: "an instruct-pix2pix model"}
         return f"{names.get(channels, 'a model')} ({channels} UNet input channels, not 4)"
+    return None
+
+
+_NOT_A_MODEL = {
+    "a LoRA": "is a LoRA, which invoke-repl does not apply; import a whole SD 1.x/2.x checkpoint",
+    "a ControlNet": "is a ControlNet, which invoke-repl does not run; import a whole SD 1.x/2.x checkpoint",
+    "a textual-inversion embedding": "is a textual-inversion embedding, which invoke-repl does not load",
+    "a VAE": "is a VAE on its own; give it to a model as its vae: (!edit_model NAME vae=PATH) instead of importing it",
+    "a diffusers UNet": "is one part (a diffusers UNet) of a model folder; import the whole folder",
+}
+
+
+def _weights_kind(keys: list[str]) -> str | None:
+    """What a weights file without LDM UNet weights holds, from its key names: one of `_NOT_A_MODEL`'s kinds, or None
+    when the names say nothing known. Shared by import (not a model) and `vae:` (not a VAE)."""
+    if any("lora_" in k or ".lora_down." in k or ".lora_A." in k or k.startswith("lora.") for k in keys):
+        return "a LoRA"
+    if any(k.startswith("control_model.") or "input_hint_block" in k or "controlnet_cond_embedding" in k for k in keys):
+        return "a ControlNet"
+    if any(k in ("string_to_param", "emb_params") or k.startswith("string_to_param.") for k in keys):
+        return "a textual-inversion embedding"
+    vae_like = ("encoder.down.", "decoder.up.", "first_stage_model.", "encoder.down_blocks.", "decoder.up_blocks.")
+    if keys and all(k.startswith(vae_like) or k.startswith(("encoder.", "decoder.", "quant_conv", "post_quant_conv",
+                                                           "loss.", "model_ema.")) for k in keys) and any(
+        k.startswith(vae_like) for k in keys
+    ):  # fmt: skip
+        return "a VAE"
+    if any(k.startswith(("down_blocks.", "conv_in.")) for k in keys) and any("attn2" in k for k in keys):
+        return "a diffusers UNet"
     return None
 
 
@@ -376,33 +412,31 @@ def not_a_model(shapes: dict[str, tuple[int, ...]], name: str) -> str | None:
     keys = list(shapes)
     if any(k.startswith(UNET_PREFIX) for k in keys):
         return None
-    if any("lora_" in k or ".lora_down." in k or ".lora_A." in k or k.startswith("lora.") for k in keys):
-        return f"{name} is a LoRA, which invoke-repl does not apply; import a whole SD 1.x/2.x checkpoint"
-    if any(k.startswith("control_model.") or "input_hint_block" in k or "controlnet_cond_embedding" in k for k in keys):
-        return f"{name} is a ControlNet, which invoke-repl does not run; import a whole SD 1.x/2.x checkpoint"
-    if any(k in ("string_to_param", "emb_params") or k.startswith("string_to_param.") for k in keys):
-        return f"{name} is a textual-inversion embedding, which invoke-repl does not load"
-    vae_like = ("encoder.down.", "decoder.up.", "first_stage_model.", "encoder.down_blocks.", "decoder.up_blocks.")
-    if keys and all(k.startswith(vae_like) or k.startswith(("encoder.", "decoder.", "quant_conv", "post_quant_conv",
-                                                           "loss.", "model_ema.")) for k in keys) and any(
-        k.startswith(vae_like) for k in keys
-    ):  # fmt: skip
-        return (
-            f"{name} is a VAE on its own; give it to a model as its vae: (!edit_model NAME vae=PATH) "
-            "instead of importing it"
-        )
-    if any(k.startswith(("down_blocks.", "conv_in.")) for k in keys) and any("attn2" in k for k in keys):
-        return f"{name} is one part (a diffusers UNet) of a model folder; import the whole folder"
+    kind = _weights_kind(keys)
+    if kind is not None:
+        return f"{name} {_NOT_A_MODEL[kind]}"
     return f"{name} is not a Stable Diffusion checkpoint (no {UNET_PREFIX}* weights)"
 
 
+def not_a_vae(shapes: dict[str, tuple[int, ...]], name: str) -> str | None:
+    """Why a file given as `vae:` cannot be one, said of that file; None when it may be. A whole checkpoint may:
+    its first_stage_model.* is read. Without this, a LoRA as `vae:` was reported as the model lacking VAE weights."""
+    keys = list(shapes)
+    if any(k.startswith(UNET_PREFIX) for k in keys):
+        return None
+    kind = _weights_kind(keys)
+    return f"vae {name}: not a VAE (it is {kind})" if kind not in (None, "a VAE") else None
+
+
 def _refuse_unsupported(shapes: dict[str, tuple[int, ...]], path: Path) -> None:
-    problem = not_a_model(shapes, path.name)
-    if problem is not None:
-        raise ModelError(problem)
+    """Models of other kinds first: a Flux file in its original layout (`double_blocks.*`) has no
+    model.diffusion_model.* keys, and was called "not a Stable Diffusion checkpoint"."""
     kind = unsupported_checkpoint(shapes)
     if kind is not None:  # no config: can make these load, so none is suggested
         raise ModelError(f"{path.name} is {kind}; invoke-repl runs SD 1.x and 2.x text-to-image models only")
+    problem = not_a_model(shapes, path.name)
+    if problem is not None:
+        raise ModelError(problem)
 
 
 def checkpoint_plan(entry_config: str | Path | None, path: Path) -> tuple[str, Path]:
@@ -484,25 +518,30 @@ def _load_folder(entry: ModelEntry, dtype: torch.dtype | None) -> Components:
             hint = " (or set vae: in its entry)" if part == "vae" else ""
             raise ModelError(f"{folder} has no {part}/ folder{hint}")
     family = entry.family or detect_folder_family(folder)
+    label = f"cannot load model {entry.name!r}"  # each part's error goes on to name the file that is wrong
     with quiet_libraries():
-        unet = UNet2DConditionModel.from_pretrained(
-            str(folder), subfolder="unet", local_files_only=True, torch_dtype=dtype, **_read_as(folder / "unet")
-        )
-        if entry.vae is not None:
-            vae = _load_vae_override(entry.vae, folder, dtype)
-        else:
-            vae = AutoencoderKL.from_pretrained(
-                str(folder), subfolder="vae", local_files_only=True, torch_dtype=dtype, **_read_as(folder / "vae")
+        with _part_errors(label, folder, folder / "unet"):
+            unet = UNet2DConditionModel.from_pretrained(
+                str(folder), subfolder="unet", local_files_only=True, torch_dtype=dtype, **_read_as(folder / "unet")
             )
-        text_encoder = CLIPTextModel.from_pretrained(
-            str(folder),
-            subfolder="text_encoder",
-            local_files_only=True,
-            trust_remote_code=False,
-            dtype=dtype,
-            **_read_as(folder / "text_encoder"),
-        )
-    tokenizer = load_tokenizer(folder / "tokenizer", family)
+        if entry.vae is not None:  # a folder without vae/ reads a VAE file through its family's VAE config
+            own = (folder / "vae" / "config.json").is_file()
+            vae = _load_vae_override(entry.vae, folder if own else family_config_dir(family), dtype)
+        else:
+            with _part_errors(label, folder, folder / "vae"):
+                vae = AutoencoderKL.from_pretrained(
+                    str(folder), subfolder="vae", local_files_only=True, torch_dtype=dtype, **_read_as(folder / "vae")
+                )
+        with _part_errors(label, folder, folder / "text_encoder"):
+            text_encoder = CLIPTextModel.from_pretrained(
+                str(folder),
+                subfolder="text_encoder",
+                local_files_only=True,
+                trust_remote_code=False,
+                dtype=dtype,
+                **_read_as(folder / "text_encoder"),
+            )
+    tokenizer = load_tokenizer(folder / "tokenizer", family, label=label)
     return Components(
         name=entry.name,
         unet=unet,
@@ -646,35 +685,115 @@ def _read_as(sub: Path) -> dict[str, Any]:
 
 
 def _load_vae_override(vae_path: Path, config: Path, dtype: torch.dtype | None) -> Any:
+    """The entry's `vae:` (a VAE file, a whole checkpoint, or a diffusers VAE or model folder).
+
+    Every failure here is said of the VAE file, in one line: a LoRA or a partial VAE given as `vae:` was reported
+    as the main checkpoint lacking VAE weights, or for a folder model as diffusers' "Cannot copy out of meta
+    tensor"."""
     from diffusers import AutoencoderKL
 
     if vae_path.is_dir():
-        sub = "vae" if (vae_path / "vae" / "config.json").is_file() else None
-        return AutoencoderKL.from_pretrained(
-            str(vae_path),
-            subfolder=sub,
-            local_files_only=True,
-            torch_dtype=dtype,
-            **_read_as(vae_path / sub if sub else vae_path),
-        )
-    state = read_checkpoint(vae_path)
+        sub = vae_path / "vae" if (vae_path / "vae" / "config.json").is_file() else vae_path
+        with _part_errors(f"vae {vae_path.name}", vae_path, sub):
+            return AutoencoderKL.from_pretrained(
+                str(vae_path),
+                subfolder="vae" if sub != vae_path else None,
+                local_files_only=True,
+                torch_dtype=dtype,
+                **_read_as(sub),
+            )
+    state = read_checkpoint(vae_path)  # its errors name the file already
     state.pop("global_step", None)
-    vae = AutoencoderKL.from_single_file(
-        state, config=str(config), subfolder="vae", local_files_only=True, torch_dtype=dtype
-    )
-    _require_complete(vae, "VAE", vae_path)
+    problem = not_a_vae({k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}, vae_path.name)
+    if problem is not None:
+        raise ModelError(problem)
+    lacks = f"vae {vae_path.name} lacks weights (truncated, or not an SD VAE)"
+    try:
+        vae = AutoencoderKL.from_single_file(
+            state, config=str(config), subfolder="vae", local_files_only=True, torch_dtype=dtype
+        )
+    except Exception as exc:
+        if _out_of_memory(exc):
+            raise
+        if "meta tensor" in str(exc) or type(exc).__name__ == "SingleFileComponentError":
+            raise ModelError(lacks) from exc
+        raise ModelError(f"vae {vae_path.name} does not fit the model's VAE config ({_short(exc)})") from exc
+    if _meta_names(vae):
+        raise ModelError(lacks)
     return vae
 
 
 def _require_complete(module: Any, part: str, path: Path) -> None:
     """from_single_file leaves weights it found no key for on the meta device; that is a broken file, say so."""
-    missing = [name for name, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
+    missing = _meta_names(module)
     if missing:
         raise ModelError(f"{path.name} lacks {len(missing)} {part} weights (e.g. {missing[0]}): truncated or not SD")
 
 
-def load_tokenizer(folder: Path, family: str) -> Any:
-    """The folder's own CLIP tokenizer files when it has them, else the shipped ones with the family's pad token."""
+def _meta_names(module: Any) -> list[str]:
+    return [name for name, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
+
+
+@contextlib.contextmanager
+def _part_errors(label: str, root: Path, sub: Path, *, has_config: bool = True) -> Iterator[None]:
+    """Loading one part folder of a diffusers model (`sub`, inside `root`): a failure becomes one line that names
+    the file that is wrong. diffusers and transformers name the model folder, or nothing at all ("Error while
+    deserializing header: incomplete metadata …", a bare JSON decode error). Running out of memory stays itself."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except Exception as exc:
+        if _out_of_memory(exc):
+            raise
+        raise ModelError(f"{label}: {_part_problem(root, sub, exc, has_config)}") from exc
+
+
+def _part_problem(root: Path, sub: Path, exc: BaseException, has_config: bool) -> str:
+    """Why a part folder failed to load, found by looking at its files (only after a failure: a load that works
+    reads nothing twice). The config and JSON files first, then the weight files that part reads."""
+    prefix = "" if sub == root else f"{sub.name}/"
+    if has_config and not (sub / "config.json").is_file():
+        return f"{prefix or 'its folder'} has no config.json"
+    for file in sorted(sub.glob("*.json")):
+        problem = _json_problem(file)
+        if problem is not None:
+            return f"{prefix}{file.name} {problem}"
+    from safetensors import safe_open
+
+    for file in part_weight_files(sub)[0]:
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(str(file), framework="pt", device="cpu"):
+                    pass
+            except Exception as bad:
+                return f"{prefix}{file.name} is not a valid .safetensors file ({_short(bad)})"
+    return f"{prefix or 'its folder'}: {_short(exc)}"  # e.g. weights that do not fit the part's config.json
+
+
+def _json_problem(file: Path) -> str | None:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        return "is not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        return f"is not valid JSON (line {exc.lineno})"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or _short(exc)})"
+    return None if isinstance(data, dict) else "is not a JSON object"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch's device OOM or host RAM: the session reports those with its own hint, so they are not reworded."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def load_tokenizer(folder: Path, family: str, *, label: str | None = None) -> Any:
+    """The folder's own CLIP tokenizer files when it has them, else the shipped ones with the family's pad token.
+
+    A broken file among them is named in one line led by `label` (default: the model folder's name)."""
     from transformers import CLIPTokenizer
 
     pad = "!" if family in ("sd-2", "sd-2-v") else "<|endoftext|>"
@@ -695,7 +814,7 @@ def load_tokenizer(folder: Path, family: str) -> Any:
     if key[0] == "<shipped>":
         tokenizer = load_clip_tokenizer(pad)
     else:
-        with quiet_libraries():
+        with quiet_libraries(), _part_errors(label or folder.parent.name, folder.parent, folder, has_config=False):
             tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     with _TOKENIZER_LOCK:
         _TOKENIZERS[key] = tokenizer

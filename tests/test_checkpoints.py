@@ -609,3 +609,117 @@ def test_a_fifo_named_as_a_checkpoint_is_refused_without_blocking(tmp_path, suff
         pytest.fail("reading a FIFO blocked")
     expected = f"cannot read p{suffix}: it is not a regular file (a pipe, a device or a socket)"
     assert done.stdout.splitlines() == [expected] * 2, done.stderr
+
+
+# ------------------------------------------------------------------------------------------ errors that name the part
+def _vae_state(tiny_store) -> dict[str, torch.Tensor]:
+    """The tiny model's VAE on its own, as a standalone VAE file (vae-ft-mse style) holds it."""
+    prefix = "first_stage_model."
+    return {k[len(prefix) :]: v for k, v in _tiny_state(tiny_store).items() if k.startswith(prefix)}
+
+
+@pytest.mark.parametrize("main", ["checkpoint", "diffusers"])
+@pytest.mark.parametrize(
+    ("vae", "message"),
+    [
+        ("lora.safetensors", "vae lora.safetensors: not a VAE (it is a LoRA)"),
+        ("partial_vae.safetensors", "vae partial_vae.safetensors lacks weights (truncated, or not an SD VAE)"),
+    ],
+)
+def test_a_bad_vae_override_names_the_vae_file(tiny_store, tmp_path, main, vae, message):
+    """A LoRA or a partial VAE as `vae:` blamed the main checkpoint ("tiny-sd1.safetensors lacks VAE weights"), or,
+    for a folder, came out as diffusers' "Cannot copy out of meta tensor" / "Failed to load AutoencoderKL"."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / vae
+    if vae == "lora.safetensors":
+        save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, str(path))
+    else:
+        save_file({k: v for k, v in _vae_state(tiny_store).items() if "quant_conv" not in k}, str(path))
+    if main == "checkpoint":
+        fields = {"format": "checkpoint", "path": str(tiny_store["safetensors"]), "config": str(tiny_store["config"])}
+    else:
+        fields = {"format": "diffusers", "path": str(tiny_store["folder"])}
+    entry = parse_entry("m", {**fields, "vae": str(path)}, tmp_path, "test")
+    with pytest.raises(ModelError) as caught:
+        load_entry(entry, HashCache(tmp_path / "h.json"))
+    assert str(caught.value) == message
+
+
+def _truncate(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def _set_in_channels(folder: Path) -> None:
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "in_channels": "4"}))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: _truncate(f / "text_encoder" / "model.safetensors"),
+         r"cannot load model 'm': text_encoder/model\.safetensors is not a valid \.safetensors file \(.+\)"),
+        (lambda f: _truncate(f / "unet" / "diffusion_pytorch_model.safetensors"),
+         r"cannot load model 'm': unet/diffusion_pytorch_model\.safetensors is not a valid \.safetensors file \(.+\)"),
+        (lambda f: (f / "tokenizer" / "tokenizer.json").write_text("{oops"),
+         r"cannot load model 'm': tokenizer/tokenizer\.json is not valid JSON \(line 1\)"),
+        (lambda f: (f / "unet" / "config.json").write_text("{\n oops"),
+         r"cannot load model 'm': unet/config\.json is not valid JSON \(line 2\)"),
+        (lambda f: (f / "vae" / "config.json").unlink(), r"cannot load model 'm': vae/ has no config\.json"),
+        (_set_in_channels, r"broken: unet/config\.json: in_channels must be a number, not '4'"),
+    ],
+    ids=["text-encoder-truncated", "unet-truncated", "tokenizer-json", "unet-config-json", "vae-config-missing",
+         "in-channels-string"],
+)  # fmt: skip
+def test_a_broken_part_of_a_diffusers_folder_is_named(tiny_store, tmp_path, change, message):
+    """These said "Error while deserializing header …", a bare JSON decode error, or "is a model (4 UNet input
+    channels, not 4)": nothing said which of the folder's files was wrong."""
+    from tests.test_models_fixtures import model_dir_copy
+
+    folder = model_dir_copy(tiny_store, tmp_path, "broken")
+    change(folder)
+    with pytest.raises(ModelError) as caught:
+        load_entry(_entry(folder, None, tmp_path, fmt="diffusers"), HashCache(tmp_path / "h.json"))
+    assert re.fullmatch(message, str(caught.value)), str(caught.value)
+
+
+def test_an_embedding_pt_and_a_flux_file_are_named(tmp_path):
+    """An A1111 embedding .pt (its tensors one level down) said "it holds no tensors"; a Flux file in its original
+    layout said "not a Stable Diffusion checkpoint", the Flux check never reached."""
+    from safetensors.torch import save_file
+
+    embedding = tmp_path / "myemb.pt"
+    torch.save({"string_to_token": {"*": torch.tensor(265)}, "string_to_param": {"*": torch.zeros(2, 768)},
+                "name": "myemb", "step": 3000}, embedding)  # fmt: skip
+    with pytest.raises(ModelError, match=r"^myemb\.pt is a textual-inversion embedding, which invoke-repl does not"):
+        load_entry(_entry(embedding, "sd-1", tmp_path), HashCache(tmp_path / "h.json"))
+    flux = tmp_path / "flux.safetensors"
+    save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(4)}, str(flux))
+    with pytest.raises(ModelError, match=r"^flux\.safetensors is an SD3/Flux-style transformer checkpoint; "):
+        checkpoint_plan(None, flux)
+
+
+def test_a_folder_without_vae_reads_its_vae_file_through_the_family_config(tmp_path):
+    """With no vae/ folder to take the VAE's shape from, a `vae:` file failed on a missing vae/config.json."""
+    import shutil
+
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from invoke_repl.builtin import build_tiny_random
+    from invoke_repl.loading import diffusers_to_ldm
+    from invoke_repl.paths import configs_dir
+    from tests.test_models_fixtures import write_tiny_folder
+
+    tiny = build_tiny_random()
+    folder = write_tiny_folder(tmp_path / "no-vae", tiny)
+    shutil.rmtree(folder / "vae")
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(configs_dir() / "sd-1" / "vae")).half()
+    state = diffusers_to_ldm(tiny.unet, vae, tiny.text_encoder)
+    save_file({k: v for k, v in state.items() if k.startswith("first_stage_model.")}, str(tmp_path / "vae.safetensors"))
+    fields = {"format": "diffusers", "path": str(folder), "vae": str(tmp_path / "vae.safetensors")}
+    components = load_entry(parse_entry("m", fields, tmp_path, "test"), HashCache(tmp_path / "h.json"))
+    assert list(components.vae.config.block_out_channels) == [128, 256, 512, 512]  # SD's VAE, not the tiny one
+    assert torch.equal(components.vae.encoder.conv_in.weight.half(), vae.encoder.conv_in.weight)
