@@ -276,3 +276,43 @@ def test_a_signal_during_the_last_lines_save_is_not_forgotten(tmp_path: Path) ->
     assert code == 143, err
     assert "terminated" in err
     assert sorted(p.name for p in (tmp_path / "D").glob("*.png")) == ["000001.4.png"]  # finished, so kept
+
+
+# The save is stuck in one long native call that never lets Python run a signal handler (a matrix product that
+# releases the interpreter lock, as torch's convolutions do): a 4096² image on the CPU spends minutes in one.
+STUCK_IN_NATIVE_CODE = """
+import sys, torch
+import invoke_repl.outputs as outputs
+write = outputs._write_all
+def stuck(fd, data):
+    a = torch.ones(11000, 11000)
+    print("STUCK-NOW", file=sys.stderr, flush=True)
+    torch.mm(a, a)  # ~20 s on 2 cores
+    write(fd, data)
+outputs._write_all = stuck
+from invoke_repl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_second_signal_ends_the_run_within_seconds_while_native_code_runs(tmp_path: Path) -> None:
+    """Handlers run between bytecodes only: a second Ctrl-C, or SIGTERMs minutes apart, did nothing until the
+    native call returned. The first signal still waits for it (the step or save ends first); the second does not."""
+    from invoke_repl.stopping import SECOND_SIGNAL_GRACE_S
+
+    tiny_catalogue(tmp_path)
+    run = Watched(
+        [sys.executable, "-c", STUCK_IN_NATIVE_CODE, "--outdir", "D", "--no-progress"],
+        tmp_path,
+        '"stuck" --steps 2 --seed 5 -W 32 -H 32\n',
+    )
+    run.wait_for("STUCK-NOW")
+    run.proc.send_signal(signal.SIGTERM)
+    time.sleep(SECOND_SIGNAL_GRACE_S + 1)
+    assert run.proc.poll() is None  # one signal: it waits for the save, which may still finish
+    run.proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    code, out, err = run.finish(timeout=30)
+    assert time.monotonic() - sent < SECOND_SIGNAL_GRACE_S + 3
+    assert code == 143, err  # the status of the first signal, SIGTERM
+    assert not list((tmp_path / "D").glob("*.png"))  # no image under a final name, complete or not
