@@ -519,7 +519,13 @@ class _CatalogueLoader(yaml.SafeLoader):
         if isinstance(node, yaml.MappingNode):
             self._refuse_keys_twice(node, top)
         if not top:
-            return super().construct_mapping(node, deep=deep)
+            mapping = super().construct_mapping(node, deep=deep)
+            if id(node) in self._entry_of:  # a description is text: `description: 1.10` was shown as 1.1
+                for key_node, value_node in node.value:
+                    text = isinstance(value_node, yaml.ScalarNode) and value_node.tag != "tag:yaml.org,2002:null"
+                    if text and getattr(key_node, "value", None) == "description":
+                        mapping["description"] = value_node.value
+            return mapping
         self.flatten_mapping(node)
         mapping: dict[Any, Any] = {}
         for key_node, value_node in node.value:

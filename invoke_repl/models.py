@@ -297,6 +297,10 @@ class ModelManager:
             from invoke_repl.loading import check_folder
 
             check_folder(source)  # an SDXL, inpainting or custom-code folder is refused now, not at first use
+            for part in ("text_encoder",) if vae else ("vae", "text_encoder"):  # as loading needs them
+                if not (source / part).is_dir():
+                    hint = " (or give it a VAE: --vae PATH)" if part == "vae" else ""
+                    raise ModelError(f"!import_model: {source} has no {part}/ folder{hint}")
             fields["format"] = "diffusers"
             family = config_value if isinstance(config_value, str) else detect_folder_family(source)
             size = folder_native_size(source)

@@ -385,3 +385,13 @@ def test_model_names_yaml_would_read_as_numbers_booleans_or_dates_keep_their_tex
     catalogue.add("2.0", {"format": "builtin", "path": "tiny-random"})
     expected = [name for name in ODD_NAMES if name != "0777"] + ["2.0"]
     assert Catalogue.load(path).names() == expected
+
+
+def test_a_description_yaml_would_read_as_a_number_keeps_its_text(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text("v1:\n  format: builtin\n  path: tiny-random\n  description: 1.10\nv2:\n  format: builtin\n"
+                    "  path: tiny-random\n  description:\n")
+    catalogue = Catalogue.load(path)
+    assert catalogue.get("v1").description == "1.10" and not catalogue.get("v2").description
+    catalogue.update("v2", {"description": "edited"})  # written back, read back: still the text typed
+    assert Catalogue.load(path).get("v1").description == "1.10"

@@ -457,3 +457,19 @@ def test_a_loaded_model_keeps_its_weights_when_its_file_is_overwritten_in_place(
     for module, saved in zip(modules, before, strict=True):
         changed = [k for k, v in module.state_dict().items() if not torch.equal(v, saved[k])]
         assert changed == []
+
+
+def test_import_refuses_a_folder_without_the_parts_a_load_needs(tiny_store, tmp_path, user_dirs):
+    """A folder with no vae/ or text_encoder/ was imported, then refused at every !switch to it."""
+    import shutil
+
+    manager = ModelManager(Catalogue.find(), device="cpu")
+    for part in ("vae", "text_encoder"):
+        folder = model_dir_copy(tiny_store, tmp_path, f"no-{part}")
+        shutil.rmtree(folder / part)
+        with pytest.raises(ModelError, match=f"has no {part}/ folder"):
+            manager.import_model(folder)
+        assert f"no-{part}" not in Catalogue.find().names()
+    vae = model_dir_copy(tiny_store, tmp_path, "a-vae")  # a VAE given with it makes vae/ unnecessary
+    assert manager.import_model(tmp_path / "no-vae", vae=str(vae)) == "no-vae"
+    assert manager.switch("no-vae").vae is not None
