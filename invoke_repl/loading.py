@@ -561,13 +561,18 @@ _KNOWN_PARTS = {
 }
 
 
+_ONLY_SD = "invoke-repl runs SD 1.x and 2.x text-to-image models only"
+
+
 def check_folder(folder: Path) -> None:
     """Refuse folders whose parts are custom classes: we would load them wrongly, and never run their code."""
     if not (folder / "unet").is_dir():
+        if (folder / "transformer").is_dir():  # SD3, Flux, PixArt: a transformer where SD has its UNet
+            raise ModelError(f"{folder.name} is an SD3/Flux-style transformer model; {_ONLY_SD}")
         raise ModelError(f"{folder} is not a diffusers model folder (no unet/ inside)")
     kind = unsupported_folder(folder)
     if kind is not None:
-        raise ModelError(f"{folder.name} is {kind}; invoke-repl runs SD 1.x and 2.x text-to-image models only")
+        raise ModelError(f"{folder.name} is {kind}; {_ONLY_SD}")
     for part in ("unet", "vae", "text_encoder"):
         if (folder / part).is_dir() and not part_weight_files(folder / part)[0]:
             raise ModelError(f"{folder}: its {part}/ folder holds no weights (.safetensors or .bin)")

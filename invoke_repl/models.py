@@ -292,9 +292,12 @@ class ModelManager:
             config_value = config if config in FAMILIES else Path(config).expanduser().resolve()
         fields: dict[str, Any] = {}
         if source.is_dir():
+            from invoke_repl.loading import check_folder
+
+            if (source / "transformer").is_dir() and not (source / "unet").is_dir():
+                check_folder(source)  # names what it is: an SD3/Flux-style model
             if not (source / "unet" / "config.json").is_file():
                 raise ModelError(f"!import_model: {source} is not a diffusers folder (no unet/config.json)")
-            from invoke_repl.loading import check_folder
 
             check_folder(source)  # an SDXL, inpainting or custom-code folder is refused now, not at first use
             for part in ("text_encoder",) if vae else ("vae", "text_encoder"):  # as loading needs them

@@ -473,3 +473,15 @@ def test_import_refuses_a_folder_without_the_parts_a_load_needs(tiny_store, tmp_
     vae = model_dir_copy(tiny_store, tmp_path, "a-vae")  # a VAE given with it makes vae/ unnecessary
     assert manager.import_model(tmp_path / "no-vae", vae=str(vae)) == "no-vae"
     assert manager.switch("no-vae").vae is not None
+
+
+def test_an_sd3_or_flux_diffusers_folder_is_named_at_import(tiny_store, tmp_path, user_dirs):
+    """Such a folder has transformer/ where SD has unet/; it was refused as "not a diffusers folder"."""
+    folder = tmp_path / "flux-dev"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "transformer" / "config.json").write_text('{"_class_name": "FluxTransformer2DModel"}')
+    (folder / "vae").mkdir()
+    manager = ModelManager(Catalogue.find(), device="cpu")
+    with pytest.raises(ModelError, match=r"^flux-dev is an SD3/Flux-style transformer model; invoke-repl runs SD 1"):
+        manager.import_model(folder)
+    assert "flux-dev" not in Catalogue.find().names()
