@@ -19,9 +19,11 @@ A signal the parent set to ignore (`nohup`, the background jobs of a non-interac
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,15 +122,12 @@ class _Watchdog:
     is still unanswered after `SECOND_SIGNAL_GRACE_S`. Files are published by rename, so no partial image is left;
     at most a temp file of the save that was cut off."""
 
-    read_fd: int
     write_fd: int
     previous_fd: int
     thread: threading.Thread
 
     @classmethod
     def start(cls, handled: list[int]) -> _Watchdog | None:
-        import os
-
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
         try:
@@ -139,11 +138,9 @@ class _Watchdog:
             return None
         thread = threading.Thread(target=_watch, args=(read_fd, handled), name="invoke-stop-watchdog", daemon=True)
         thread.start()
-        return cls(read_fd, write_fd, previous_fd, thread)
+        return cls(write_fd, previous_fd, thread)
 
     def stop(self) -> None:
-        import os
-
         with contextlib.suppress(ValueError, OSError):
             signal.set_wakeup_fd(self.previous_fd)
         os.close(self.write_fd)  # the watchdog's read ends, and it closes its end
@@ -151,9 +148,6 @@ class _Watchdog:
 
 
 def _watch(read_fd: int, handled: list[int]) -> None:
-    import os
-    import time
-
     stops = {int(s) for s in STOP_SIGNALS}
     delivered: list[int] = []
     try:
