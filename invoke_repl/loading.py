@@ -386,10 +386,15 @@ _NOT_A_MODEL = {
 }
 
 
+# "lora" as a word of a key name, in every layout seen: kohya's lora_unet_…lora_down, PEFT's ….lora_A., diffusers'
+# old attention-processor files (….to_q_lora.down.weight, which contain no "lora_") and LyCORIS's lora_…hada_w1_a.
+_LORA_KEY = re.compile(r"(?:^|[._])lora(?:[._]|$)", re.IGNORECASE)
+
+
 def _weights_kind(keys: list[str]) -> str | None:
     """What a weights file without LDM UNet weights holds, from its key names: one of `_NOT_A_MODEL`'s kinds, or None
     when the names say nothing known. Shared by import (not a model) and `vae:` (not a VAE)."""
-    if any("lora_" in k or ".lora_down." in k or ".lora_A." in k or k.startswith("lora.") for k in keys):
+    if any(_LORA_KEY.search(k) for k in keys):
         return "a LoRA"
     if any(k.startswith("control_model.") or "input_hint_block" in k or "controlnet_cond_embedding" in k for k in keys):
         return "a ControlNet"
