@@ -331,6 +331,7 @@ class Catalogue:
                         value = str(_resolve(value, base).resolve())
                 raw[key] = value
             entry = parse_entry(name, raw, target.parent, str(target))
+            _require_edited_files(entry, old, fields)
             entries[name] = entry
             return _one_default(entries, name if entry.default and not old.default else None)
 
@@ -366,6 +367,22 @@ class Catalogue:
             self.entries = read_entries(target, target.parent)
         self.source = target
         self.writable = target
+
+
+def _require_edited_files(entry: ModelEntry, old: ModelEntry, fields: dict[str, Any]) -> None:
+    """A path, vae or config folder that an edit names must exist, or nothing is written.
+
+    `!import_model` checks its paths; an edit did not, so a typo (`path=~/models/v1-5.safetensor`) was "updated",
+    dropped the loaded copy and left the model failing at every `!switch` until edited again. A file that an edit
+    did not name may still be missing (an unplugged drive): that is the load's one-line error, as before."""
+    named = {
+        "path": entry.path if entry.format != "builtin" and ("path" in fields or "format" in fields) else None,
+        "vae": entry.vae if "vae" in fields else None,
+        "config": entry.config if "config" in fields and isinstance(entry.config, Path) else None,
+    }
+    for key, value in named.items():
+        if value is not None and not value.exists() and value != getattr(old, key):
+            raise ModelError(f"entry {entry.name!r}: {key} {value} does not exist (nothing was changed)")
 
 
 def _get(entries: dict[str, ModelEntry], name: str, target: Path) -> ModelEntry:

@@ -304,8 +304,12 @@ def _catalogue_in_config(tmp_path: Path, text: str) -> tuple[Path, Catalogue, Pa
     return path, Catalogue.load(path), tmp_path / "work"
 
 
-def test_relative_paths_of_an_edit_resolve_against_the_given_folder(tmp_path):
+def test_relative_paths_of_an_edit_resolve_against_the_given_folder(tmp_path, monkeypatch):
     path, catalogue, work = _catalogue_in_config(tmp_path, "a:\n  format: diffusers\n  path: /elsewhere/a\n")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (work / "models" / "a-v2").mkdir(parents=True)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "vae.safetensors").touch()
     entry = catalogue.update("a", {"path": "models/a-v2", "vae": "~/vae.safetensors", "config": "sd-1"}, base=work)
     assert entry.path == work / "models" / "a-v2" and entry.config == "sd-1"
     assert entry.vae == Path.home() / "vae.safetensors"
@@ -315,6 +319,7 @@ def test_relative_paths_of_an_edit_resolve_against_the_given_folder(tmp_path):
 def test_an_edit_of_format_and_path_together_reads_the_path_for_the_new_format(tmp_path):
     text = "a:\n  format: diffusers\n  path: /models/a\nb:\n  format: builtin\n  path: tiny-random\n"
     _, catalogue, work = _catalogue_in_config(tmp_path, text)
+    (work / "mymodel").mkdir(parents=True)
     assert catalogue.update("a", {"format": "builtin", "path": "tiny-random"}, base=work).format == "builtin"
     assert catalogue.update("b", {"format": "diffusers", "path": "mymodel"}, base=work).path == work / "mymodel"
 

@@ -360,6 +360,35 @@ def test_edit_model_reads_relative_paths_from_the_working_directory(tiny_store, 
     assert Catalogue.load(tmp_path / "models.yaml").get("mine").path == folder
 
 
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"path": "mine-v3"}, "path {work}/mine-v3 does not exist"),
+        ({"vae": "vae.safetensor"}, "vae {work}/vae.safetensor does not exist"),
+        ({"config": "configs/sd-9"}, "config {work}/configs/sd-9 does not exist"),
+        ({"format": "checkpoint", "path": "mine-v2.ckpt"}, "path {work}/mine-v2.ckpt does not exist"),
+    ],
+)
+def test_an_edit_to_a_file_that_does_not_exist_changes_nothing(tiny_store, tmp_path, user_dirs, fields, says):
+    """A typo in an edited path was "updated", dropped the loaded copy and failed every later !switch."""
+    folder = model_dir_copy(tiny_store, user_dirs["work"], "mine-v2")
+    manager = ModelManager(_catalogue(tmp_path, TINY_ONLY + f"mine:\n  format: diffusers\n  path: {folder}\n"))
+    manager.switch("mine")
+    before = (tmp_path / "models.yaml").read_text()
+    with pytest.raises(ModelError) as caught:
+        manager.edit_model("mine", **fields)
+    assert str(caught.value) == f"entry 'mine': {says.format(work=user_dirs['work'])} (nothing was changed)"
+    assert (tmp_path / "models.yaml").read_text() == before
+    assert manager.get().name == "mine" and manager.list_models()[1].state == "on device"
+
+
+def test_an_edit_may_keep_a_missing_file_it_does_not_name(tiny_store, tmp_path, user_dirs):
+    """A model whose drive is unplugged can still get a new description or size; its load says what is missing."""
+    manager = ModelManager(_catalogue(tmp_path, TINY_ONLY + "mine:\n  format: diffusers\n  path: /nowhere\n"))
+    manager.edit_model("mine", description="on the USB drive", width="128")
+    assert Catalogue.load(tmp_path / "models.yaml").get("mine").description == "on the USB drive"
+
+
 def test_cuda_tier_moves_to_ram_or_drops_by_measured_memory(tmp_path, user_dirs, monkeypatch):
     """The device/RAM decisions, run without a GPU: moves are recorded instead of performed."""
     moves: list[tuple[str, str, bool]] = []
