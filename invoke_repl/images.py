@@ -7,6 +7,7 @@ the file. No torch here: the session loads (and rejects) init images before the 
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -39,12 +40,16 @@ def load_init_image(path: str | os.PathLike[str]) -> Image.Image:
     if not where.is_file():  # a FIFO, /dev/stdin or a device would block the session or never end
         raise InitImageError(f"init image is not a regular file: {where}")
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between 1× and 2× MAX_IMAGE_PIXELS; treat that as the limit too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(where) as opened:
-                opened.load()
-                image = _upright(opened)
+        try:
+            image = _open_upright(where)
+        except ValueError as err:
+            if not _text_chunk_refusal(err):
+                raise
+            # A workflow chunk over Pillow's 1 MiB text limit (ComfyUI, InvokeAI) made the pixels unreadable;
+            # img2img reads no metadata, so the image is opened without its text chunks.
+            from invoke_repl.pngtext import without_text_chunks
+
+            image = _open_upright(io.BytesIO(without_text_chunks(where.read_bytes())))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InitImageError(
             f"init image is too large to open safely: {where} (over Pillow's limit of "
@@ -57,6 +62,20 @@ def load_init_image(path: str | os.PathLike[str]) -> Image.Image:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InitImageError(f"init image could not be read: {where} ({reason})") from None
     return _to_rgb(image)
+
+
+def _open_upright(source: Path | io.BytesIO) -> Image.Image:
+    with warnings.catch_warnings():
+        # Pillow only warns between 1× and 2× MAX_IMAGE_PIXELS; treat that as the limit too.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(source) as opened:
+            opened.load()
+            return _upright(opened)
+
+
+def _text_chunk_refusal(err: ValueError) -> bool:
+    """Whether Pillow refused a PNG for its text chunks' size (its messages in PngImagePlugin, Pillow 9 to 13)."""
+    return "Decompressed data too large" in str(err) or "Too much memory used in text chunks" in str(err)
 
 
 def _upright(image: Image.Image) -> Image.Image:

@@ -229,27 +229,29 @@ def png_info(chunks: Mapping[str, str]) -> PngInfo:
 
 # ------------------------------------------------------------------------------------------------ reading
 def read_chunks(path: Path) -> dict[str, str]:
-    """The PNG's text chunks. Raises MetadataError (one line) when the file is not a readable PNG."""
-    from PIL import Image, UnidentifiedImageError
+    """The PNG's metadata chunks (`KEYS`). Raises MetadataError (one line) when the file is not a readable PNG or
+    one of those chunks is damaged. Read by `pngtext`, not Pillow: see there for what Pillow refused."""
+    from invoke_repl.pngtext import PngTextError, read_text_chunks
+
+    try:
+        return read_text_chunks(path, KEYS)
+    except PngTextError as exc:
+        if str(exc) == "not a PNG":
+            raise MetadataError(f"{path}: not a PNG image ({_image_format(path)})") from None
+        raise MetadataError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise MetadataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _image_format(path: Path) -> str:
+    """What Pillow calls a file that is not a PNG ("JPEG", "WEBP"), without decoding it."""
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
-            if im.format != "PNG":
-                raise MetadataError(f"{path}: not a PNG image ({im.format or 'unknown format'})")
-            found = {k: v for k, v in im.info.items() if isinstance(k, str) and isinstance(v, str)}
-            if not any(k in found for k in KEYS):
-                # chunks after the pixel data only show up once the image is decoded; ours come first
-                im.load()
-                found.update({k: str(v) for k, v in getattr(im, "text", {}).items()})
-    except MetadataError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise MetadataError(f"{path}: image too large to read safely ({exc})") from exc
-    except (UnidentifiedImageError, SyntaxError) as exc:
-        raise MetadataError(f"{path}: not a PNG image") from exc
-    except OSError as exc:
-        raise MetadataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    return found
+            return im.format or "unknown format"
+    except Exception:  # noqa: BLE001 - naming the format is a courtesy; any failure means "unknown"
+        return "unknown format"
 
 
 def read_request(path: Path, notices: list[str] | None = None) -> Request:

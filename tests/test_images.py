@@ -130,3 +130,14 @@ def test_a_missing_fire_drawing_names_the_one_that_ships(tmp_path):
     with pytest.raises(InitImageError, match=r"^init image not found: \S+other\.png$"):
         load_init_image(tmp_path / "other.png")
     assert np.asarray(load_init_image(fire_drawing())).shape[2] == 3
+
+
+def test_an_image_with_a_workflow_chunk_over_pillows_text_limit_is_a_usable_init_image(tmp_path):
+    """Pillow refuses the whole PNG for a text chunk over 1 MiB (a ComfyUI workflow), though img2img reads no text."""
+    from tests.test_metadata import spliced, workflow_chunk
+
+    rng = np.random.default_rng(1)
+    picture = Image.fromarray((rng.random((24, 40, 3)) * 255).astype(np.uint8))
+    path = _save(picture, tmp_path / "comfy.png")
+    path.write_bytes(spliced(path.read_bytes(), workflow_chunk(2.4)))
+    assert np.array_equal(np.asarray(load_init_image(path)), np.asarray(picture))

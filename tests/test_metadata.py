@@ -5,11 +5,13 @@ Images are tiny PIL images made here; nothing imports torch.
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +23,7 @@ from invoke_repl import metadata, outputs
 from invoke_repl.metadata import (
     A1111_TO_SAMPLER,
     SAMPLER_TO_A1111,
+    SD_METADATA_KEY,
     MetadataError,
     made_on,
     parse_parameters,
@@ -28,6 +31,7 @@ from invoke_repl.metadata import (
     request_from_dream,
     request_from_parameters,
     request_from_sd_metadata,
+    sd_metadata,
     text_chunks,
 )
 from invoke_repl.outputs import OutputError, read_request, save_image
@@ -524,13 +528,16 @@ def test_paths_in_metadata_are_only_text(tmp_path: Path, monkeypatch: pytest.Mon
     request = IMG2IMG.replace(init_img="../../etc/shadow; rm -rf ~ $(reboot).png")
     path = save(tmp_path, request)
     opened: list[str] = []
-    real_open = Image.open
 
-    def spy(fp: object, *args: object, **kwargs: object) -> Image.Image:
-        opened.append(str(fp))
-        return real_open(fp, *args, **kwargs)  # type: ignore[arg-type]
+    def spying(real: Any) -> Any:
+        def spy(fp: object, *args: object, **kwargs: object) -> Any:
+            opened.append(str(fp))
+            return real(fp, *args, **kwargs)
 
-    monkeypatch.setattr(Image, "open", spy)
+        return spy
+
+    monkeypatch.setattr(Image, "open", spying(Image.open))
+    monkeypatch.setattr(builtins, "open", spying(builtins.open))
     assert read_request(path).init_img == request.init_img
     assert opened == [str(path)]
 
@@ -689,3 +696,81 @@ def test_made_on_reads_device_and_precision_only_when_both_are_plain_text(meta: 
     assert made_on({"sd-metadata": json.dumps(meta)}) == expected
     assert made_on({"sd-metadata": "{not json"}) is None
     assert made_on({}) is None
+
+
+# ------------------------------------------------------------------------------------------ reading the chunks
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def spliced(png: bytes, *chunks: bytes) -> bytes:
+    """`png` with `chunks` inserted after its IHDR (8-byte signature + 25-byte IHDR chunk)."""
+    return png[:33] + b"".join(chunks) + png[33:]
+
+
+def workflow_chunk(megabytes: float) -> bytes:
+    """A zTXt 'workflow' chunk as ComfyUI writes one, inflating to `megabytes` (Pillow's text limit is 1 MiB)."""
+    text = ('{"nodes": [' + ",".join(f'{{"id": {i}}}' for i in range(int(megabytes * 2**20 / 11))) + "]}").encode()
+    return _chunk(b"zTXt", b"workflow\0\0" + zlib.compress(text, 9))
+
+
+def test_fetch_reads_an_image_whose_workflow_chunk_is_over_pillows_text_limit(tmp_path: Path) -> None:
+    """Pillow refused the whole file ("Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK"), without
+    naming it, though the chunks invoke-repl reads are a few kB."""
+    path = save(tmp_path, IMG2IMG)
+    path.write_bytes(spliced(path.read_bytes(), workflow_chunk(2.4)))
+    with pytest.raises(ValueError, match="MAX_TEXT_CHUNK"):
+        Image.open(path)  # the refusal this works around
+    assert read_request(path) == IMG2IMG
+
+
+def test_fetch_reads_the_text_of_an_image_over_pillows_pixel_limit(tmp_path: Path) -> None:
+    """A 20000×20000 PNG was "too large to read safely", though its text needs no pixel decoded."""
+    from tests.test_session_fuzz import bomb_png
+
+    ours = text_chunks(generated(TXT2IMG), model_hash=MODEL_HASH, app_version="1")
+    path = tmp_path / "huge.png"
+    ours_chunks = [_chunk(b"tEXt", f"{key}\0{value}".encode()) for key, value in ours.items() if value.isascii()]
+    path.write_bytes(spliced(bomb_png(20_000, 20_000), *ours_chunks))
+    assert read_request(path) == TXT2IMG
+
+
+def test_a_damaged_metadata_chunk_gives_way_to_the_next_one_or_is_named(tmp_path: Path) -> None:
+    """A bad checksum in any chunk was "not a PNG image"; now the damaged chunk is skipped (Dream still serves)
+    and, when no chunk is readable, the error says which one is damaged."""
+    path = save(tmp_path, TXT2IMG)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"sd-metadata\0") + 20
+    data[at] ^= 0x01  # one flipped bit inside the sd-metadata chunk: its CRC no longer matches
+    path.write_bytes(bytes(data))
+    assert read_request(path).prompt == TXT2IMG.prompt and read_request(path).seed == TXT2IMG.seed
+    only = tmp_path / "only.png"
+    meta = sd_metadata(generated(TXT2IMG), model_hash=MODEL_HASH, app_version="1")
+    damaged = bytearray(_chunk(b"tEXt", b"sd-metadata\0" + json.dumps(meta).encode()))
+    damaged[-1] ^= 0xFF
+    only.write_bytes(spliced(png_with(tmp_path, "bare.png", {}).read_bytes(), bytes(damaged)))
+    with pytest.raises(MetadataError) as caught:
+        read_request(only)
+    assert str(caught.value) == f"{only}: damaged PNG: its sd-metadata chunk fails its checksum"
+
+
+def test_a_metadata_chunk_that_inflates_without_bound_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "zbomb.png"
+    bomb = _chunk(b"zTXt", b"sd-metadata\0\0" + zlib.compress(b"{" * (64 * 2**20), 9))  # 64 MiB from ~64 kB
+    path.write_bytes(spliced(png_with(tmp_path, "bare.png", {}).read_bytes(), bomb))
+    with pytest.raises(MetadataError) as caught:
+        read_request(path)
+    assert str(caught.value) == f"{path}: its sd-metadata chunk is over 16 MiB of text"
+
+
+@pytest.mark.parametrize("zip_", [False, True])
+def test_compressed_and_international_text_chunks_are_read(tmp_path: Path, zip_: bool) -> None:
+    """zTXt and iTXt (compressed or not), as other tools write the same keys."""
+    chunks = text_chunks(generated(IMG2IMG), model_hash=MODEL_HASH, app_version="1")
+    info = PngInfo()
+    info.add_itxt(SD_METADATA_KEY, chunks[SD_METADATA_KEY], zip=zip_)
+    info.add_text("Dream", chunks["Dream"], zip=True)
+    path = tmp_path / "itxt.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    assert read_request(path) == IMG2IMG
+    assert metadata.read_chunks(path) == {SD_METADATA_KEY: chunks[SD_METADATA_KEY], "Dream": chunks["Dream"]}
