@@ -640,6 +640,7 @@ def request_from_parameters(text: str, notices: list[str] | None = None) -> Requ
     strength = s.get("Denoising strength")
     if any(key.startswith("Hires") for key in s):
         strength = None  # A1111's hires fix also writes a denoising strength, for its second pass: not img2img
+    _a1111_extras(s, said)
     fields: dict[str, Any] = {
         "prompt": _one_line_text(prompt),
         "negative": _one_line_text(negative),
@@ -663,6 +664,53 @@ def request_from_parameters(text: str, notices: list[str] | None = None) -> Requ
     if notices is not None:
         notices.extend(said)
     return request
+
+
+def _a1111_extras(s: Mapping[str, str], said: list[str]) -> None:
+    """Say which AUTOMATIC1111 settings that change the image are left out (key names as A1111 1.x writes them
+    in `parameters`), as `_invokeai2_extras` does for 2.x: a hires-fixed 1024×1536 image otherwise came back as a
+    silent 512×768 line."""
+    dropped: list[str] = []
+    hires = [f"{key} {s[key]}" for key in ("Hires upscale", "Hires resize", "Hires steps") if key in s]
+    if any(key.startswith("Hires") for key in s):
+        dropped.append(f"hires fix ({', '.join(hires)})" if hires else "hires fix")
+    if s.get("Clip skip", "1").strip() not in ("", "1"):
+        dropped.append(f"Clip skip {s['Clip skip'].strip()}")
+    if s.get("Tiling", "").strip().lower() == "true":
+        dropped.append("Tiling")
+    dropped += [key for key in ("Refiner", "Face restoration") if key in s]
+    if any(key in s for key in ("Mask blur", "Inpaint area", "Masked content")):
+        dropped.append("inpainting (Mask blur, Inpaint area)")
+    dropped += [name for name in ("ADetailer", "ControlNet") if any(key.startswith(name) for key in s)]
+    if dropped:
+        said.append(
+            f"dropped AUTOMATIC1111 settings that invoke-repl does not have: {', '.join(dropped)}"
+            " (the image will differ from this one)"
+        )
+
+
+def _invokeai3_extras(meta: Mapping[str, Any], said: list[str]) -> None:
+    """The same for InvokeAI 3.x/4.x's metadata fields (names from its core metadata invocation)."""
+    model = meta.get("model")
+    base = str((model.get("base_model") or model.get("base") or "") if isinstance(model, Mapping) else "")
+    mode = str(meta.get("generation_mode") or "")
+    if mode.startswith("sdxl") or base.lower() not in ("", "sd-1", "sd-2", "any"):
+        said.append(
+            f"the PNG was made by a {base or 'sdxl'!r} model, which invoke-repl does not run; "
+            "the line needs an SD 1.x/2.x one"
+        )
+    dropped: list[str] = []
+    if "inpaint" in mode or "outpaint" in mode:
+        dropped.append(f"generation_mode {mode!r} (its mask)")
+    dropped += [f"{key} {meta[key]}" for key in ("clip_skip", "cfg_rescale_multiplier") if _positive(meta.get(key))]
+    dropped += [key for key in ("seamless_x", "seamless_y") if meta.get(key) is True]
+    if meta.get("hrf_enabled") is True:
+        dropped.append(f"hires fix (hrf_strength {meta['hrf_strength']})" if "hrf_strength" in meta else "hires fix")
+    if dropped:
+        said.append(
+            f"dropped InvokeAI settings that invoke-repl does not have: {', '.join(dropped)}"
+            " (the image will differ from this one)"
+        )
 
 
 def _floor8(value: int, name: str, said: list[str]) -> int:
@@ -692,6 +740,7 @@ def request_from_invokeai_metadata(meta: Mapping[str, Any], notices: list[str] |
         dropped.append("positive_style_prompt")
     if dropped:
         said.append(f"the PNG's {', '.join(dropped)} have no counterpart in invoke-repl and are left out")
+    _invokeai3_extras(meta, said)
     model = meta.get("model")
     model_name = (model.get("model_name") or model.get("name")) if isinstance(model, Mapping) else model
     img2img = str(meta.get("generation_mode", "")).endswith("img2img") or meta.get("init_image") is not None

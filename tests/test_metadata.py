@@ -374,7 +374,59 @@ def test_a1111_schedule_type_hires_and_unknown_sampler() -> None:
     request = request_from_parameters(hires, notices)
     assert request.strength is None  # hires fix's second-pass strength is not img2img
     assert request.sampler == "k_lms"  # unknown sampler: the default, left for the user to edit, and said
-    assert notices == ["the PNG's sampler 'UniPC' is not one invoke-repl has; the line uses k_lms (edit --sampler)"]
+    assert notices == [
+        "the PNG's sampler 'UniPC' is not one invoke-repl has; the line uses k_lms (edit --sampler)",
+        "dropped AUTOMATIC1111 settings that invoke-repl does not have: hires fix (Hires upscale 2) "
+        "(the image will differ from this one)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "dropped"),
+    [
+        ("Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Denoising strength: 0.5",
+         "hires fix (Hires upscale 2, Hires steps 10)"),
+        ("Clip skip: 2, RNG: NV, ENSD: 31337, Tiling: True, Refiner: sd_xl_refiner [7440042bbd]",
+         "Clip skip 2, Tiling, Refiner"),
+        ("Face restoration: CodeFormer, ADetailer model: face_yolov8n.pt, ControlNet 0: \"Module: canny\"",
+         "Face restoration, ADetailer, ControlNet"),
+        ("Mask blur: 4, Inpaint area: Only masked, Denoising strength: 0.75", "inpainting (Mask blur, Inpaint area)"),
+    ],
+)  # fmt: skip
+def test_fetched_a1111_settings_that_change_the_image_are_said_to_be_dropped(settings: str, dropped: str) -> None:
+    """Hires fix, clip skip, tiling, a refiner and the rest were left out without a word, as InvokeAI 2.x's are
+    not: the line silently made a different image (512×768 for a hires-fixed 1024×1536)."""
+    notices: list[str] = []
+    text = f"a cat\nSteps: 20, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 512x768, {settings}"
+    request_from_parameters(text, notices)
+    lead = "dropped AUTOMATIC1111 settings that invoke-repl does not have"
+    assert notices == [f"{lead}: {dropped} (the image will differ from this one)"]
+    notices.clear()
+    request_from_parameters("a cat\nSteps: 20, Sampler: Euler, CFG scale: 5, Seed: 1, Clip skip: 1", notices)
+    assert notices == []  # clip skip 1 is A1111's default: nothing dropped
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"clip_skip": 2, "cfg_rescale_multiplier": 0.7, "seamless_x": True, "hrf_enabled": True, "hrf_strength": 0.45},
+         ["dropped InvokeAI settings that invoke-repl does not have: clip_skip 2, cfg_rescale_multiplier 0.7, "
+          "seamless_x, hires fix (hrf_strength 0.45) (the image will differ from this one)"]),
+        ({"generation_mode": "inpaint", "strength": 0.75},
+         ["dropped InvokeAI settings that invoke-repl does not have: generation_mode 'inpaint' (its mask) "
+          "(the image will differ from this one)"]),
+        ({"generation_mode": "sdxl_txt2img", "model": {"name": "juggernaut", "base": "sdxl"}},
+         ["the PNG was made by a 'sdxl' model, which invoke-repl does not run; the line needs an SD 1.x/2.x one"]),
+        ({"clip_skip": 0, "cfg_rescale_multiplier": 0, "seamless_x": False, "hrf_enabled": False, "hrf_strength": 0.45},
+         []),
+    ],
+)  # fmt: skip
+def test_fetched_invokeai_3_settings_that_change_the_image_are_said(fields: dict[str, Any], said: list[str]) -> None:
+    meta = {"positive_prompt": "a cat", "seed": 1, "steps": 20, "generation_mode": "txt2img",
+            "model": {"name": "dreamshaper", "base": "sd-1"}, **fields}  # fmt: skip
+    notices: list[str] = []
+    request_from_chunks({"invokeai_metadata": json.dumps(meta)}, notices)
+    assert notices == said
 
 
 @pytest.mark.parametrize(
