@@ -260,6 +260,10 @@ class Session:
 
         request = self._resolve(request)
         init_image = load_init_image(Path(request.init_img).expanduser()) if request.init_img else None
+        if request.init_img and not request.init_img.startswith("~") and not os.path.isabs(request.init_img):
+            # Recorded absolute, so the printed line, the log beside the images and the PNG's metadata re-run the
+            # image from any folder: `rot6.jpg` as typed failed `!replay outputs/invoke_log.txt` run elsewhere.
+            request = request.replace(init_img=os.path.abspath(request.init_img))
         outdir = Path(request.outdir).expanduser() if request.outdir else self.outdir
         components = self._components(request.model)
         from invoke_repl.generator import Cancelled, generate, sampler_substitution

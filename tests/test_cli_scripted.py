@@ -135,7 +135,22 @@ def test_previous_seed_and_previous_image_references(workdir: Path) -> None:
     result = run_cli(["--outdir", "D", "--no-progress"], workdir, stdin=script)
     assert result.returncode == 0, result.stderr
     second = result.stdout.splitlines()[1]
-    assert "--seed 11" in second and "--init-img D/000001.11.png" in second
+    assert "--seed 11" in second and f"--init-img {workdir / 'D' / '000001.11.png'}" in second
+
+
+def test_an_img2img_line_records_its_init_image_absolute_so_its_log_reruns_it_from_any_folder(workdir: Path) -> None:
+    """`-I rot.png` was recorded as typed: `!replay D/invoke_log.txt` (or `!fetch`) from another folder failed
+    with "init image not found: rot.png"."""
+    Image.new("RGB", (64, 64), (200, 40, 10)).save(workdir / "rot.png")
+    script = '"b" -S2 --seed 5 -I rot.png -s0.5\n"c" -S2 --seed 6 -I gone.png -s0.5\n'
+    result = run_cli(["--outdir", "D", "--no-progress"], workdir, stdin=script)
+    assert result.returncode == 1 and result.stderr == "line 2: init image not found: gone.png\n"  # as typed
+    assert f"--init-img {workdir / 'rot.png'} " in result.stdout
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    again = run_cli(["--outdir", "E", "--no-progress"], elsewhere, stdin="!replay ../D/invoke_log.txt\n")
+    assert again.returncode == 0, again.stderr
+    assert np.array_equal(_pixels(workdir / "D" / "000001.5.png"), _pixels(elsewhere / "E" / "000001.5.png"))
 
 
 def test_previous_reference_without_previous_image_is_a_line_error(workdir: Path) -> None:
