@@ -214,6 +214,77 @@ def test_step_counts_where_leading_spacing_works_keep_stock_timesteps(steps):
         assert torch.equal(plan_schedule(name, LEADING, steps, steps).timesteps, stock.timesteps), name
 
 
+def test_the_step_counts_up_to_100_that_leave_stock_spacing_are_the_ones_the_docs_list():
+    """README and core._broken_spacing list them; "3-100 steps give stock's schedules" was wrong at 14 counts."""
+    from invoke_repl.generator.core import _broken_spacing
+
+    def replaced(name: str) -> list[int]:
+        scheduler = make_scheduler(name, LEADING)
+        found = []
+        for steps in range(1, 101):
+            scheduler.set_timesteps(steps, device="cpu")
+            if _broken_spacing(scheduler, steps):
+                found.append(steps)
+        return found
+
+    assert replaced("k_euler") == replaced("ddim") == replaced("plms") == [1, 2, 59, 63, 67, 72, 77, 78, 79, 84, 85,
+                                                                           86, 91, 92, 93, 94]  # fmt: skip
+    assert replaced("k_dpmpp_2") == [1, 58, 62, 66, 71, 76, 77, 78, 83, 84, 85, 90, 91, 92, 93, 100]
+
+
+def _exact_noise_residual(sampler: str, steps: int, taken: int) -> float:
+    """Mean |x − x0| after running `sampler`'s plan with a model that predicts the true noise of its input: an
+    exact sampler ends at the final alpha's mix of x0 and that noise, whatever the step count."""
+    from invoke_repl.generator.core import plan_schedule
+
+    schedule = plan_schedule(sampler, LEADING, steps, taken)
+    scheduler, alphas = schedule.scheduler, schedule.scheduler.alphas_cumprod
+    generator = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 1, 4, 8, 8, generator=generator)
+    first = alphas[int(schedule.timesteps[0])]
+    x = first.sqrt() * x0 + (1 - first).sqrt() * noise
+    for t in schedule.timesteps:
+        alpha = alphas[int(t)]
+        x = scheduler.step((x - alpha.sqrt() * x0) / (1 - alpha).sqrt(), t, x, return_dict=False)[0]
+    return float((x - x0).abs().mean())
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "plms"])
+def test_ddim_and_plms_step_to_their_schedules_next_timestep_on_uneven_schedules(sampler):
+    """diffusers' DDIM/PLMS step from t to t − ⌊T/N⌋; on the trailing schedule that stands in at 600 steps the gaps
+    are 1 and 2, so each step landed on the wrong noise level: the image kept visible noise (residual 0.098 against
+    0.025 here; 18 levels off k_euler's 600-step image on the embedded model)."""
+    exact = _exact_noise_residual(sampler, 50, 50)
+    for steps, taken in [(59, 59), (150, 150), (600, 600), (750, 750), (600, 210), (94, 3)]:
+        assert _exact_noise_residual(sampler, steps, taken) == pytest.approx(exact, abs=2e-6), (steps, taken)
+
+
+@pytest.mark.parametrize(("stock_cls", "sampler"), [(DDIMScheduler, "ddim"), (PNDMScheduler, "plms")])
+@pytest.mark.parametrize("steps", [1, 3, 10, 50, 200])
+def test_ddim_and_plms_steps_stay_bit_identical_to_stock_on_evenly_spaced_schedules(stock_cls, sampler, steps):
+    overrides = SAMPLER_TABLE[sampler].overrides
+    stock, mine = stock_cls.from_config(LEADING, **overrides), make_scheduler(sampler, LEADING)
+    assert type(mine) is not stock_cls and isinstance(mine, stock_cls)
+    stock.set_timesteps(steps)
+    mine.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(steps)
+    a = b = torch.randn(1, 4, 8, 8, generator=generator)
+    for t in stock.timesteps:
+        output = torch.randn(1, 4, 8, 8, generator=generator)
+        a = stock.step(output, t, a, return_dict=False)[0]
+        b = mine.step(output, t, b, return_dict=False)[0]
+        assert torch.equal(a, b), int(t)
+
+
+def test_a_schedule_whose_steps_no_stride_reaches_is_refused_in_one_line(monkeypatch):
+    from invoke_repl.generator.core import plan_schedule
+    from invoke_repl.request import RequestError
+
+    monkeypatch.setattr(samplers, "_stride_for", lambda train, gap: None if gap == 2 else train // gap)
+    with pytest.raises(RequestError, match=r"^ddim cannot take 600 steps on this model's 1000-timestep schedule"):
+        plan_schedule("ddim", LEADING, 600, 600)
+
+
 @pytest.mark.parametrize(("sampler", "steps"), [("ddim", 1000), ("plms", 1000), ("k_lms", 1000), ("k_dpmpp_2", 999)])
 def test_the_largest_step_counts_make_a_finite_image(sampler, steps):
     """1000 steps crashed DDIM/PLMS (timestep 1000 of 0..999) and made NaN, saved black, with k_lms/k_dpmpp_2."""

@@ -5,8 +5,8 @@ schedule (SD 1.x: scaled_linear 0.00085→0.012 over 1000 steps) is kept whateve
 
 | name          | diffusers class                                   | faithful?                                       |
 |---------------|---------------------------------------------------|-------------------------------------------------|
-| ddim          | DDIMScheduler (eta 0)                             | exact                                           |
-| plms          | PNDMScheduler(skip_prk_steps=True)                | exact (LDM's PLMS: pseudo-improved-Euler start) |
+| ddim          | ScheduledDDIMScheduler (DDIM subclass, eta 0)     | exact; steps to the schedule's next timestep    |
+| plms          | ScheduledPNDMScheduler(skip_prk_steps=True)       | exact (LDM's PLMS: pseudo-improved-Euler start) |
 | k_lms         | CachedLMSDiscreteScheduler (LMSDiscrete subclass) | exact, bit-identical to stock LMSDiscrete       |
 | k_euler       | EulerDiscreteScheduler                            | exact                                           |
 | k_euler_a     | EulerAncestralDiscreteScheduler                   | exact                                           |
@@ -100,6 +100,93 @@ class CachedLMSDiscreteScheduler(LMSDiscreteScheduler):
         return value
 
 
+def _stride_for(train: int, gap: int) -> int | None:
+    """A step count n whose stock stride `train // n` is `gap` (the largest such n), or None when none is.
+
+    n = train // gap is the largest n with gap·n ≤ train; its stride is gap unless the interval of such n is empty,
+    which needs gap·(gap + 1) > train (gap ≥ 32 on 1000 timesteps, far above any fallback schedule's ~17)."""
+    if gap <= 0:
+        return None
+    n = train // gap
+    return n if n >= 1 and train // n == gap else None
+
+
+class _SchedulePrevious:
+    """DDIM's and PLMS's `step` go from t to t − ⌊T/N⌋, right only for evenly spaced ("leading") timesteps.
+
+    On the "trailing" schedules that stand in where leading spacing breaks (core._broken_spacing: N = 59, 63, …,
+    and most N above 100) the gaps alternate (⌊T/N⌋ and ⌈T/N⌉), so every step landed on the wrong noise level:
+    at N = 600 the image kept visible noise, 18 levels off k_euler's on average (audit 2026-12-03); diffusers
+    issues #9261 and #12633 report it. Each step here goes to the schedule's next timestep instead, by giving the
+    stock step, for that one call, a step count whose stride is that gap: the stock arithmetic runs unchanged, so
+    on an evenly spaced schedule (where the next timestep is t − ⌊T/N⌋) every image stays bit-identical to stock.
+    """
+
+    timesteps: Any
+    num_inference_steps: int | None
+    config: Any
+
+    def _steps_to(self, timestep: Any, previous: int) -> int:
+        """The step count whose stride takes `timestep` to `previous` (−1: the final step, to the final alpha)."""
+        if previous < 0:
+            return 1  # stride T > t: the stock step reads the final alpha, as it does after the last timestep
+        return self._steps_for_gap(int(timestep) - previous)
+
+    def _steps_for_gap(self, gap: int) -> int:
+        steps = _stride_for(int(self.config.num_train_timesteps), gap)
+        if steps is None:  # check_strides refuses such schedules before the loop; never guess a stride
+            raise ValueError(f"no step count has a stride of {gap} timesteps")
+        return steps
+
+    def _next_lower(self, timestep: Any) -> int:
+        """The schedule's next timestep below `timestep`, or −1 after the last (cached per timesteps tensor)."""
+        cached = getattr(self, "_lower_cache", None)
+        if cached is None or cached[0] is not self.timesteps:
+            values = sorted({int(v) for v in self.timesteps.tolist()}, reverse=True)
+            cached = (self.timesteps, {a: b for a, b in zip(values, values[1:] + [-1], strict=True)})
+            self._lower_cache = cached
+        return cached[1][int(timestep)]
+
+    def _with_stride(self, steps: int, call: Any) -> Any:
+        kept = self.num_inference_steps
+        self.num_inference_steps = steps
+        try:
+            return call()
+        finally:
+            self.num_inference_steps = kept
+
+
+def check_strides(scheduler: SchedulerMixin) -> bool:
+    """Whether every step of a DDIM/PLMS schedule has a stride `_SchedulePrevious` can give (True for others)."""
+    if not isinstance(scheduler, _SchedulePrevious):
+        return True
+    train = int(scheduler.config.num_train_timesteps)
+    values = sorted({int(v) for v in scheduler.timesteps.tolist()}, reverse=True)
+    return all(_stride_for(train, a - b) is not None for a, b in zip(values, values[1:], strict=False))
+
+
+class ScheduledDDIMScheduler(_SchedulePrevious, DDIMScheduler):
+    """DDIMScheduler whose steps go to the schedule's own next timestep (see `_SchedulePrevious`)."""
+
+    def step(self, model_output: Any, timestep: Any, sample: Any, *args: Any, **kwargs: Any) -> Any:
+        steps = self._steps_to(timestep, self._next_lower(timestep))
+        return self._with_stride(steps, lambda: super(ScheduledDDIMScheduler, self).step(
+            model_output, timestep, sample, *args, **kwargs))  # fmt: skip
+
+
+class ScheduledPNDMScheduler(_SchedulePrevious, PNDMScheduler):
+    """PNDMScheduler (PLMS) likewise. Its second call re-evaluates the first step (the schedule starts
+    [T0, T1, T1, …]) and reads T0 back as T1 + stride, so that call's gap is T0 − T1 too."""
+
+    def step_plms(self, model_output: Any, timestep: Any, sample: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.counter == 1:
+            steps = self._steps_for_gap(int(self.timesteps[0]) - int(timestep))
+        else:
+            steps = self._steps_to(timestep, self._next_lower(timestep))
+        return self._with_stride(steps, lambda: super(ScheduledPNDMScheduler, self).step_plms(
+            model_output, timestep, sample, *args, **kwargs))  # fmt: skip
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     cls: type[SchedulerMixin]
@@ -113,8 +200,8 @@ _DPMPP_2_A_NOTE = (
 )
 
 _BASE: dict[str, SamplerSpec] = {
-    "ddim": SamplerSpec(DDIMScheduler),
-    "plms": SamplerSpec(PNDMScheduler, {"skip_prk_steps": True}),
+    "ddim": SamplerSpec(ScheduledDDIMScheduler),
+    "plms": SamplerSpec(ScheduledPNDMScheduler, {"skip_prk_steps": True}),
     "k_lms": SamplerSpec(CachedLMSDiscreteScheduler),
     "k_euler": SamplerSpec(EulerDiscreteScheduler),
     "k_euler_a": SamplerSpec(EulerAncestralDiscreteScheduler),
