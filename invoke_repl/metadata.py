@@ -516,7 +516,7 @@ _INVOKEAI2_RENDERING: Mapping[str, int | str] = {
 }  # fmt: skip
 _INVOKEAI2_QUIET: Mapping[str, int | str] = {
     "-t": 0, "--log_tokenization": 0, "-i": 0, "--individual": 0, "--fnformat": 1, "--save_intermediates": 1,
-    "-z": 1, "--png_compression": 1, "--use_mps_noise": 0,
+    "-z": 1, "--png_compression": 1, "--use_mps_noise": 0, "-F": 0, "--full_precision": 0,
 }  # fmt: skip
 
 
@@ -526,6 +526,24 @@ _INVOKEAI2_SWITCHES: Mapping[str, tuple[str, int | str]] = {
     **{name: ("quiet", arity) for name, arity in _INVOKEAI2_QUIET.items()},
 }
 _SWITCH_WORD = re.compile(r"--?[A-Za-z]")
+# Short switches that take a value may carry it attached, as argparse allows and InvokeAI 1.x wrote them
+# (`-G0.8`, `-U2 0.75`, `-ftgfpgan`, `-cf0.5`); longest first, so `-cf0.5` is not read as `-c` + `f0.5`. None of
+# them is a prefix of this tool's own legacy letters (`-f0.7` is strength, `-ft…` is not).
+_ATTACHABLE = sorted(
+    (name for name, (_, arity) in _INVOKEAI2_SWITCHES.items() if not name.startswith("--") and arity != 0),
+    key=len,
+    reverse=True,
+)
+
+
+def _invokeai2_switch(word: str) -> tuple[str, bool] | None:
+    """(the 2.x switch `word` is, whether its value is attached to it), or None for a word of ours."""
+    if word in _INVOKEAI2_SWITCHES:
+        return word, False
+    for name in _ATTACHABLE:
+        if word.startswith(name) and len(word) > len(name):
+            return name, True
+    return None
 _NUMBER_WORD = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
@@ -539,12 +557,15 @@ def _without_invokeai2_switches(line: str, notices: list[str] | None) -> str:
     cuts: list[tuple[int, int]] = []
     index = 0
     while index < len(words):
-        if words[index] not in _INVOKEAI2_SWITCHES:
+        found = _invokeai2_switch(words[index])
+        if found is None:
             index += 1
             continue
-        kind, arity = _INVOKEAI2_SWITCHES[words[index]]
+        kind, arity = _INVOKEAI2_SWITCHES[found[0]]
         last = index
-        if arity == 1:
+        if found[1] and arity != "+":
+            pass  # the value is attached: nothing follows
+        elif arity == 1:
             last = min(index + 1, len(words) - 1)
         elif arity == "?":  # 2.x writes --inpaint_replace bare, though its parser wants a number
             if last + 1 < len(words) and _NUMBER_WORD.fullmatch(words[last + 1]):
@@ -579,7 +600,9 @@ def request_from_dream(line: str, notices: list[str] | None = None) -> Request:
     parsed = parse(_without_invokeai2_switches(_one_line_text(line), notices), "legacy")
     if not isinstance(parsed, Request):
         raise MetadataError("Dream is not a generation command")
-    return parsed
+    # Where the image was written is not how it was made (sd-metadata does not record it either); a fetched
+    # `-o /home/someone/…` from a shared PNG would write there.
+    return parsed.replace(outdir=None) if parsed.outdir else parsed
 
 
 def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:

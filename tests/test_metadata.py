@@ -487,6 +487,21 @@ def test_invokeai_2_dream_line_with_postprocessing_fetches_without_it(tmp_path: 
     ]
 
 
+def test_invokeai_dream_switches_with_attached_values_are_dropped_too() -> None:
+    """`-G0.8`, `-U2 0.75`, `-ftgfpgan`, `-cf0.5` (argparse takes them; 1.x wrote them so) and 1.x's `-F` failed the
+    whole fetch ("-G (face restoration) is an InvokeAI switch invoke-repl does not support"); a fetched `-o`
+    wrote into the folder of whoever made the PNG."""
+    dream = '"a cat" -s50 -S42 -G0.8 -ftcodeformer -cf0.5 -U2 0.75 -F -f0.6 -I cat.png -o /home/someone/out'
+    said: list[str] = []
+    request = request_from_dream(dream, said)
+    got = (request.prompt, request.steps, request.seed, request.strength, request.outdir)
+    assert got == ("a cat", 50, 42, 0.6, None)
+    assert said == [
+        "dropped InvokeAI 2.x post-processing that invoke-repl does not have: -G0.8 -ftcodeformer -cf0.5 -U2 0.75"
+        " (the line makes the image as it was before that)"
+    ]
+
+
 def test_invokeai_2_dream_line_settings_that_change_the_image_are_dropped_and_said() -> None:
     dream = (
         "a castle -s 30 -S 42 -W 512 -H 512 -C 7.5 --perlin 0.1 --threshold 2.0 --seamless --hires_fix"
