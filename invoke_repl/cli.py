@@ -181,7 +181,7 @@ def run_script(session: Session, args: argparse.Namespace) -> int:
             print(f"invoke-repl: cannot read {args.from_file}: {unreadable}", file=sys.stderr)
             return EXIT_USAGE
         try:
-            lines: Iterable[str] = args.from_file.read_text(encoding="utf-8", errors="replace").splitlines()
+            lines: Iterable[str] = args.from_file.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
         except OSError as exc:
             print(f"invoke-repl: cannot read {args.from_file}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -225,7 +225,7 @@ def _flagged_reads(lines: Iterable[str], reading: threading.Event, cancel: threa
 def _stdin_lines() -> Iterable[str]:
     stream = sys.stdin.buffer
     for raw in stream:
-        yield raw.decode("utf-8", errors="replace")
+        yield raw.decode("utf-8", errors="surrogateescape")
 
 
 def run_terminal(session: Session, args: argparse.Namespace) -> int:

@@ -844,9 +844,13 @@ def parse(line: str, dialect: str = "guide", notices: list[str] | None = None) -
         return None
     bad = control_character(text)
     if bad is not None:
-        raise ParseError(
-            f"the line contains a control character (U+{ord(bad):04X}) at column {text.index(bad) + 1}; remove it"
-        )
+        column = text.index(bad) + 1
+        if "\udc80" <= bad <= "\udcff":  # a byte that was not UTF-8, kept by surrogateescape (scripts, terminal)
+            raise ParseError(
+                f"the line is not UTF-8 text (byte 0x{ord(bad) - 0xDC00:02X} at column {column}); "
+                "save the file, or set the terminal, as UTF-8"
+            )
+        raise ParseError(f"the line contains a control character (U+{ord(bad):04X}) at column {column}; remove it")
     if text.startswith("!"):
         return _parse_bang(text)
     prompt, negative, start = _split_prompt(text)

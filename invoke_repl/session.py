@@ -498,7 +498,7 @@ class Session:
         if path.exists() and not path.is_file():  # a folder, or a device/FIFO that would never end (/dev/zero)
             return Outcome(ok=False, error=f"!replay: {path} is not a regular file")
         try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
         except OSError as exc:
             return Outcome(ok=False, error=f"!replay: cannot read {path}: {exc.strerror or exc}")
         key = os.path.realpath(path)

@@ -198,6 +198,33 @@ def test_replaying_the_log_and_a_bom_script_run_their_lines(workdir: Path) -> No
     assert np.array_equal(_pixels(workdir / "D" / "000001.3.png"), _pixels(workdir / "D" / "000002.3.png"))
 
 
+def test_a_script_line_that_is_not_utf8_is_refused_not_run_with_a_replaced_prompt(workdir: Path) -> None:
+    """A Latin-1 `"caf\xe9"` ran as the prompt "caf\ufffd" (exit 0, no word); the interactive prompt already refused
+    such a byte. A comment with one is still skipped, and the other lines run."""
+    import subprocess
+    import sys
+
+    from tests.clirun import isolated_env
+
+    (workdir / "latin1.txt").write_bytes(b'# caf\xe9 au lait\n"caf\xe9" -S2 --seed 1\n"tea" -S2 --seed 2\n')
+    expected = (
+        "line 2: the line is not UTF-8 text (byte 0xE9 at column 5); save the file, or set the terminal, as UTF-8"
+    )
+    runs = {
+        "--from-file": (["--from-file", "latin1.txt"], b"", expected),
+        "stdin": ([], (workdir / "latin1.txt").read_bytes(), expected),
+        "!replay": ([], b"!replay latin1.txt\n", "latin1.txt " + expected),
+    }
+    for name, (args, stdin, says) in runs.items():
+        result = subprocess.run(
+            [sys.executable, "-m", "invoke_repl", "--outdir", name.strip("-!"), "--no-progress", *args],
+            input=stdin, capture_output=True, env=isolated_env(workdir), cwd=workdir, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 1, name
+        assert result.stderr.decode().splitlines()[0] == says, name
+        assert [p.name for p in (workdir / name.strip("-!")).glob("*.png")] == ["000001.2.png"], name
+
+
 def test_an_unknown_start_model_stops_before_any_line_runs(workdir: Path) -> None:
     result = run_cli(["--outdir", "D", "--no-progress", "--model", "nonexist"], workdir, stdin='"x" -S2 --seed 1\n')
     assert result.returncode == 2

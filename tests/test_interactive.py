@@ -206,7 +206,7 @@ def test_a_byte_that_is_not_utf8_at_the_prompt_is_one_line_and_the_session_goes_
     terminal = _start(tmp_path)
     try:
         os.write(terminal.master, b"caf\xe9 -S10 --seed 3\r")
-        terminal.read_until("control character", timeout=20)
+        terminal.read_until("not UTF-8 text (byte 0xE9 at column 4)", timeout=20)
         terminal.read_until(PROMPT, timeout=20)
         terminal.send("!dialect\r")
         terminal.read_until("dialect: guide", timeout=20)
