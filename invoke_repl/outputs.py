@@ -105,6 +105,15 @@ def _ensure_dir(outdir: Path) -> None:
         raise OutputError(f"cannot save in {outdir}: it is a file, not a folder")
     try:
         outdir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        # A link that leads nowhere, on the path or at its end: mkdir says only "File exists".
+        for part in (outdir, *outdir.parents):
+            if part.is_symlink() and not part.exists():
+                target = os.readlink(part)
+                raise OutputError(
+                    f"cannot save in {outdir}: {part} is a link to {target}, which does not exist (or loops)"
+                ) from exc
+        raise _error(outdir, exc) from exc
     except OSError as exc:
         raise _error(outdir, exc) from exc
 

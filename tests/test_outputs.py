@@ -92,6 +92,19 @@ def test_existing_file_never_overwritten(tmp_path: Path) -> None:
     assert (tmp_path / "000002.5.png").read_bytes() == b"and another"
 
 
+@pytest.mark.parametrize("where", ["end", "middle", "loop"])
+def test_an_output_folder_behind_a_link_that_leads_nowhere_says_so(tmp_path: Path, where: str) -> None:
+    """mkdir said only "File exists" for `-o dangling`, `-o dangling/sub` and a link loop."""
+    link = tmp_path / "pictures"
+    link.symlink_to(link if where == "loop" else tmp_path / "unplugged-drive" / "pictures")
+    outdir = link / "sub" if where == "middle" else link
+    with pytest.raises(OutputError) as caught:
+        save(outdir, 1, make(5))
+    target = link if where == "loop" else tmp_path / "unplugged-drive" / "pictures"
+    says = f"{link} is a link to {target}, which does not exist (or loops)"
+    assert str(caught.value) == f"cannot save in {outdir}: {says}"
+
+
 def test_same_seed_twice_in_one_command(tmp_path: Path) -> None:
     """-n 2 with variations keeps the base seed: the second image takes the next prefix, deterministically."""
     first = save(tmp_path, 4, make(5, with_variations=((11, 0.2),)))
