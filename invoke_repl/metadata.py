@@ -304,6 +304,11 @@ def request_from_chunks(chunks: Mapping[str, str], notices: list[str] | None = N
             continue
         if key == SD_METADATA_KEY and request.strength is not None and request.init_img is None:
             request = _init_img_from_dream(request, chunks.get(DREAM_KEY))
+        if request.strength is not None and request.init_img is None:  # A1111's parameters never name it
+            said.append(
+                f"the PNG is an img2img image (strength {request.strength:g}) whose metadata does not name its init "
+                "image; add --init-img FILE to remake it"
+            )
         if notices is not None:
             notices.extend(said)
         return request

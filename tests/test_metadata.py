@@ -841,3 +841,19 @@ def test_compressed_and_international_text_chunks_are_read(tmp_path: Path, zip_:
     Image.new("RGB", (8, 8)).save(path, pnginfo=info)
     assert read_request(path) == IMG2IMG
     assert metadata.read_chunks(path) == {SD_METADATA_KEY: chunks[SD_METADATA_KEY], "Dream": chunks["Dream"]}
+
+
+def test_a_fetched_img2img_image_whose_metadata_names_no_init_image_says_so(tmp_path: Path) -> None:
+    """AUTOMATIC1111's parameters record the denoising strength but never the init image: the fetched line had
+    --strength and no --init-img, without a word, and ran as txt2img."""
+    chunks = text_chunks(generated(IMG2IMG), model_hash=MODEL_HASH, app_version="1")
+    path = png_with(tmp_path, "a1111.png", {"parameters": chunks["parameters"]})
+    said: list[str] = []
+    request = read_request(path, said)
+    assert (request.strength, request.init_img) == (IMG2IMG.strength, None)
+    assert said == [
+        "the PNG is an img2img image (strength 0.7) whose metadata does not name its init image; add --init-img "
+        "FILE to remake it"
+    ]
+    said.clear()
+    assert read_request(save(tmp_path, IMG2IMG), said).init_img == IMG2IMG.init_img and said == []
