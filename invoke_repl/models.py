@@ -272,6 +272,26 @@ class ModelManager:
         The family and native width/height are read from the files (a checkpoint's header, a folder's configs), so
         a bad path or an unreadable / unsafe file is reported now rather than at the first `!switch`.
         """
+        return self.add_import(*self.plan_import(path, name, description, default, config=config, vae=vae))
+
+    def add_import(self, name: str, fields: dict[str, Any]) -> str:
+        """Write an entry `plan_import` made (the quick half of `import_model`, which a cancelled line skips)."""
+        with self._lock:
+            self.catalogue.add(name, fields)
+        self._announce_backup()
+        return name
+
+    def plan_import(
+        self,
+        path: str | Path,
+        name: str | None = None,
+        description: str | None = None,
+        default: bool = False,
+        *,
+        config: str | None = None,
+        vae: str | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """(name, fields) of the entry `import_model` would write, read from the files; writes nothing."""
         from invoke_repl.loading import (
             NATIVE_SIZE,
             checkpoint_plan,
@@ -333,12 +353,17 @@ class ModelManager:
         fields["description"] = description or f"{family} {fields['format']} imported from {source.name}"
         if default:
             fields["default"] = True
-        with self._lock:
-            self.catalogue.add(name, fields)
-        self._announce_backup()
-        return name
+        return name, fields
 
-    def edit_model(self, name: str, **fields: Any) -> None:
+    def wait_for_load(self, name: str) -> None:
+        """Wait for a background load of `name` to end, however it ends (its `get()` reports a failure)."""
+        with self._lock:
+            pending = self._pending.get(name)
+        if pending is not None:
+            with contextlib.suppress(BaseException):
+                pending.result()
+
+    def edit_model(self, name: str, /, **fields: Any) -> None:
         """Change fields of an entry (text values are converted). A loaded copy is dropped if its files changed.
 
         Relative paths are read from the working directory, as `!import_model` reads them. A load of this model
@@ -346,11 +371,7 @@ class ModelManager:
         old settings (or the old files) for the rest of the session."""
         old = self.catalogue.get(name)
         fields = self._size_following_config(old, fields)
-        with self._lock:
-            pending = self._pending.get(name)
-        if pending is not None:
-            with contextlib.suppress(BaseException):  # a failed load has nothing to update; its get() says why
-                pending.result()
+        self.wait_for_load(name)  # a failed load has nothing to update; its get() says why
         with self._lock:
             new = self.catalogue.update(name, fields, base=Path.cwd())
             if (old.format, old.path, old.config, old.vae) != (new.format, new.path, new.config, new.vae):

@@ -351,29 +351,51 @@ class Session:
     def _components(self, name: str | None) -> Any:
         return self._with_manager(lambda manager: manager.get() if name is None else manager.get(name))
 
-    def _with_manager(self, call: Callable[[ModelManager], Any]) -> Any:
-        """`call(manager)` in a helper thread, waited for in a way Ctrl-C (`self.cancel`) can end at once.
+    def _with_manager(
+        self, call: Callable[[ModelManager], Any], commit: Callable[[ModelManager, Any], Any] | None = None
+    ) -> Any:
+        """`call(manager)` in a helper thread, waited for in a way Ctrl-C (`self.cancel`) can end at once, then
+        `commit(manager, its result)` unless the line was cancelled first.
 
         Creating the manager (importing torch) and loading a model take seconds to minutes, in code that cannot be
         interrupted; the line gives up waiting instead (GenerationCancelled) and the work goes on in the
         background. The next line that needs the manager first waits for that leftover work, so a load finishing
-        late never evicts a model from under a running generation.
+        late never evicts a model from under a running generation. What the command changes (the active model, the
+        catalogue) is its `commit`, which a cancelled line never runs: a `!switch` cancelled mid-load said
+        "cancelled" and then made the model active anyway. A cancel that comes while the commit runs waits for it
+        (milliseconds) and the line reports what it did.
         """
         leftover = self._manager_work
         if leftover is not None:
             self._wait_for(leftover)
         box: dict[str, Any] = {}
+        gate = threading.Lock()
+        state = {"abandoned": False, "committing": False}
 
         def work() -> None:
             try:
-                box["value"] = call(self.manager)
+                value = call(self.manager)
+                if commit is not None:
+                    with gate:
+                        if state["abandoned"]:
+                            return
+                        state["committing"] = True
+                    value = commit(self.manager, value)
+                box["value"] = value
             except BaseException as exc:  # handed to the waiting line
                 box["error"] = exc
 
         thread = threading.Thread(target=work, name="invoke-repl-model", daemon=True)
         self._manager_work = thread
         thread.start()
-        self._wait_for(thread)
+        try:
+            self._wait_for(thread)
+        except GenerationCancelled:
+            with gate:
+                if not state["committing"]:
+                    state["abandoned"] = True
+                    raise
+            thread.join()
         self._manager_work = None
         if "error" in box:
             error = box.pop("error")
@@ -526,7 +548,8 @@ class Session:
         if not args:
             return Outcome(ok=False, error="!switch needs a model name (see !models)")
         name = _unquote(args)
-        self._with_manager(lambda manager: manager.switch(name))
+        # Loaded first (a line's --model does the same), made active only if the line was not cancelled meanwhile.
+        self._with_manager(lambda manager: manager.get(name), lambda manager, _: manager.switch(name))
         print(f"active model: {self.manager.active_name}", file=self.out, flush=True)
         return Outcome()
 
@@ -541,14 +564,15 @@ class Session:
         spec = {"--name": str, "--description": str, "--default": bool, "--config": str, "--vae": str}
         path, options = words[0], _options(words[1:], spec)
         name = self._with_manager(
-            lambda manager: manager.import_model(
+            lambda manager: manager.plan_import(
                 Path(path).expanduser(),
                 name=options.get("--name"),
                 description=options.get("--description"),
                 default=bool(options.get("--default", False)),
                 config=options.get("--config"),
                 vae=options.get("--vae"),
-            )
+            ),
+            lambda manager, planned: manager.add_import(*planned),
         )
         print(f"imported model {name}", file=self.out, flush=True)
         return Outcome()
@@ -558,7 +582,9 @@ class Session:
         if len(words) < 2 or any("=" not in w for w in words[1:]):
             return Outcome(ok=False, error="usage: !edit_model NAME key=value ...")
         fields = dict(w.split("=", 1) for w in words[1:])
-        self._with_manager(lambda manager: manager.edit_model(words[0], **fields))
+        self._with_manager(
+            lambda manager: manager.wait_for_load(words[0]), lambda manager, _: manager.edit_model(words[0], **fields)
+        )
         print(f"updated model {words[0]}", file=self.out, flush=True)
         return Outcome()
 
@@ -566,7 +592,7 @@ class Session:
         if not args:
             return Outcome(ok=False, error="!del_model needs a model name")
         name = _unquote(args)
-        self._with_manager(lambda manager: manager.del_model(name))
+        self._with_manager(lambda manager: None, lambda manager, _: manager.del_model(name))
         print(f"removed {args} from the catalogue (its files are untouched)", file=self.out, flush=True)
         return Outcome()
 

@@ -81,3 +81,12 @@ def test_bad_edit_keeps_the_old_default(session):
     outcome = session.run_line("!edit_model tiny-random cfg_scale=lots")
     assert not outcome.ok and "cfg_scale must be a number" in outcome.error
     assert manager.catalogue.get("tiny-random").cfg_scale == 3.0
+
+
+@pytest.mark.parametrize("key", ["name", "self"])
+def test_an_edit_of_a_field_that_names_a_parameter_is_an_unknown_field(session, key):
+    """`name=`/`self=` collided with edit_model's own parameters: "got multiple values for argument 'name'"."""
+    session, manager, _out = session
+    outcome = session.run_line(f"!edit_model tiny-random {key}=other")
+    assert not outcome.ok and outcome.error.startswith(f"entry 'tiny-random': unknown field '{key}' (fields: ")
+    assert "other" not in manager.model_names()

@@ -249,6 +249,51 @@ def test_scripted_run_stops_at_a_cancelled_load(manager: Any, tmp_path: Path) ->
     blocking.release.set()
 
 
+def test_a_model_command_cancelled_while_it_loads_or_reads_changes_nothing(tmp_path: Path, monkeypatch: Any) -> None:
+    """`!switch` cancelled mid-load said "cancelled", then made the model active when the load ended; a cancelled
+    `!import_model` still wrote its entry. The work goes on (it cannot be interrupted) but changes nothing."""
+    from invoke_repl import loading
+    from invoke_repl.catalogue import Catalogue
+    from invoke_repl.models import ModelManager, open_catalogue
+
+    catalogue = tmp_path / "models.yaml"
+    catalogue.write_text("a:\n  format: builtin\n  path: tiny-random\n  default: true\n"
+                         "b:\n  format: builtin\n  path: tiny-random\n")  # fmt: skip
+    manager = ModelManager(open_catalogue(catalogue), device="cpu")
+    session = make_session(manager, tmp_path / "out")
+    assert session.run_line("!switch a").ok
+    reading = threading.Event()
+    release = threading.Event()
+    real_load = loading.load_entry
+
+    def held(real: Any) -> Any:
+        def slow(*args: Any, **kwargs: Any) -> Any:
+            reading.set()
+            release.wait(30)
+            return real(*args, **kwargs)
+
+        return slow
+
+    monkeypatch.setattr(loading, "load_entry", held(real_load))
+    monkeypatch.setattr(loading, "check_folder", held(lambda folder: None))  # reading a big folder's weights
+    folder = tmp_path / "folder"
+    for part in ("unet", "vae", "text_encoder"):
+        (folder / part).mkdir(parents=True)
+    (folder / "unet" / "config.json").write_text('{"in_channels": 4, "cross_attention_dim": 768}')
+    for line in ("!switch b", f"!import_model {folder} --name late"):
+        reading.clear()
+        release.clear()
+        threading.Thread(target=lambda: (reading.wait(30), session.cancel.set()), daemon=True).start()
+        outcome = session.run_line(line)
+        assert outcome.cancelled and outcome.error == "cancelled", line
+        session.cancel.clear()
+        release.set()
+        assert session.run_line("!models").ok  # waits for the leftover work, which must not commit
+    assert manager.active_name == "a"
+    assert "late" not in Catalogue.load(catalogue).names()
+    assert session.run_line("!switch b").ok and manager.active_name == "b"  # not cancelled: done
+
+
 # ------------------------------------------------------------------------------------- 5. output folders
 def _fail_with(code: int) -> Any:
     def fail(*args: Any, **kwargs: Any) -> Any:
