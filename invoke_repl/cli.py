@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from invoke_repl import __version__
 from invoke_repl.commands import DIALECTS
@@ -24,25 +25,41 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGNALLED = 128  # and up: 128 + the number of the signal that stopped the run (130 for Ctrl-C)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line (its own form is the 7-line usage block, then the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+def _path(text: str) -> Path:
+    """A path option's value, `~` expanded: `--outdir=~/pics` is not expanded by the shell (no word start), and
+    made a folder named `~` in the working directory, while `--models=~/x.yaml` and a line's `-o ~/pics` were read
+    as the home folder. An empty value (an unset `-o "$DIR"`) is refused: it meant the working directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset variable?)")
+    return Path(text).expanduser()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="invoke-repl",
         description="An interactive invoke> command line for Stable Diffusion (txt2img and img2img).",
     )
-    parser.add_argument("--outdir", "-o", type=Path, default=None, help="where images go (default ./outputs)")
+    parser.add_argument("--outdir", "-o", type=_path, default=None, help="where images go (default ./outputs)")
     parser.add_argument(
         "--dialect",
         choices=DIALECTS,
         default="guide",
         help="switch letters: guide (-S steps, -s strength) or legacy (InvokeAI 2.x: -S seed, -s steps)",
     )
-    parser.add_argument("--from-file", type=Path, default=None, help="run the commands in FILE, then exit")
-    parser.add_argument("--models", type=Path, default=None, help="model catalogue (models.yaml) to use")
+    parser.add_argument("--from-file", type=_path, default=None, help="run the commands in FILE, then exit")
+    parser.add_argument("--models", type=_path, default=None, help="model catalogue (models.yaml) to use")
     parser.add_argument("--model", default=None, help="model to start with (default: the catalogue's default)")
     parser.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto")
     parser.add_argument("--precision", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
     parser.add_argument("--max-loaded-models", type=int, default=2, help="models kept resident (default 2)")
-    parser.add_argument("--history-file", type=Path, default=None, help="interactive history file")
+    parser.add_argument("--history-file", type=_path, default=None, help="interactive history file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     parser.add_argument(
         "--compile",
@@ -84,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_loaded_models < 1:
         print("invoke-repl: --max-loaded-models must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    if args.models is not None and not args.models.expanduser().is_file():
-        print(f"invoke-repl: --models {args.models}: no such file", file=sys.stderr)
+    if args.models is not None and not args.models.is_file():
+        why = "it is a folder" if args.models.is_dir() else "not a file" if args.models.exists() else "no such file"
+        print(f"invoke-repl: --models {args.models}: {why}", file=sys.stderr)
         return EXIT_USAGE
     if args.model is not None:
         problem = _unknown_start_model(args)
@@ -234,12 +252,38 @@ def run_terminal(session: Session, args: argparse.Namespace) -> int:
     def warn(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    history = CommandHistory(args.history_file or default_history_file(), warn, owned=args.history_file is None)
+    clash = _not_a_history(args.history_file, args.models) if args.history_file is not None else None
+    if clash:
+        warn(f"warning: history file {args.history_file} {clash}; history is kept in memory only")
+        history = CommandHistory(None, warn)
+    else:
+        history = CommandHistory(args.history_file or default_history_file(), warn, owned=args.history_file is None)
     # Load torch, diffusers and the default model while the user types the first line.
     warm_up = threading.Thread(target=_warm_up, args=(session,), daemon=True, name="invoke-repl-warm-up")
     _WARM_UP.append(warm_up)
     warm_up.start()
     return run_interactive(session, history)
+
+
+# Files a history line must never be appended to, by their suffix: a catalogue (`--history-file models.yaml`
+# turned the catalogue into invalid YAML at the first line typed), images, weights.
+_NOT_HISTORY_SUFFIXES = {".yaml": "a model catalogue", ".yml": "a model catalogue", ".png": "an image",
+                         ".safetensors": "model weights", ".ckpt": "model weights", ".json": "a JSON file"}  # fmt: skip
+
+
+def _not_a_history(path: Path, models: Path | None) -> str | None:
+    """Why `--history-file PATH` must not be appended to, or None. Any other UTF-8 text file is used as the
+    history, as before."""
+    from invoke_repl.catalogue import user_catalogue_path
+
+    try:
+        same = any(path.resolve() == other.resolve() for other in (models, user_catalogue_path()) if other)
+    except OSError:
+        same = False
+    if same:
+        return "is the model catalogue"
+    kind = _NOT_HISTORY_SUFFIXES.get(path.suffix.lower())
+    return f"looks like {kind}, not a history" if kind else None
 
 
 def _warm_up(session: Session) -> None:

@@ -562,6 +562,8 @@ class Session:
                 " [--vae V]",
             )
         spec = {"--name": str, "--description": str, "--default": bool, "--config": str, "--vae": str}
+        if words[0].partition("=")[0] in spec:  # `!import_model --name x`: the path was forgotten
+            return Outcome(ok=False, error=f"!import_model needs a path first: !import_model PATH {' '.join(words)}")
         path, options = words[0], _options(words[1:], spec)
         name = self._with_manager(
             lambda manager: manager.plan_import(
@@ -658,6 +660,8 @@ def _options(words: list[str], spec: dict[str, type]) -> dict[str, Any]:
         key, _, inline = word.partition("=")
         if key not in spec:
             raise RequestError(f"unknown option {key}; expected one of {', '.join(spec)}")
+        if key in found:  # `--name a --name b` kept the last without a word
+            raise RequestError(f"{key} is given twice")
         if spec[key] is bool:
             found[key] = True
         else:
@@ -668,6 +672,8 @@ def _options(words: list[str], spec: dict[str, type]) -> dict[str, Any]:
                 found[key] = words[index]
             else:
                 raise RequestError(f"{key} needs a value")
+            if not found[key].strip():  # `--name ""` imported under the derived name instead
+                raise RequestError(f"{key} needs a value, not an empty one")
         index += 1
     return found
 

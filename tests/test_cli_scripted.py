@@ -225,6 +225,36 @@ def test_a_script_line_that_is_not_utf8_is_refused_not_run_with_a_replaced_promp
         assert [p.name for p in (workdir / name.strip("-!")).glob("*.png")] == ["000001.2.png"], name
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--max-loaded-models", "abc"], "invoke-repl: argument --max-loaded-models: invalid int value: 'abc'"),
+        (["--dialect", "LEGACY"], "invoke-repl: argument --dialect: invalid choice: 'LEGACY'"),
+        (["--bogus"], "invoke-repl: unrecognized arguments: --bogus"),
+        (["--outdir="], "invoke-repl: argument --outdir/-o: an empty path (an unset variable?)"),
+        (["--models", "."], "invoke-repl: --models .: it is a folder"),
+        (["--models", "/dev/null"], "invoke-repl: --models /dev/null: not a file"),
+    ],
+)
+def test_bad_start_up_options_are_one_line_and_exit_2(workdir: Path, args: list[str], says: str) -> None:
+    """argparse printed its 7-line usage block first; an empty --outdir wrote into the working folder; a folder
+    or a device as --models was "no such file"."""
+    result = run_cli([*args, "--no-progress"], workdir, stdin='"a" -S2 --seed 1\n')
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(says), result.stderr
+    assert not list(workdir.rglob("000001.*.png"))
+
+
+def test_start_up_paths_after_an_equals_sign_read_tilde_as_home(workdir: Path) -> None:
+    """The shell leaves `~` alone after `--outdir=`: a folder named `~` appeared in the working directory."""
+    home = workdir / "home"
+    home.mkdir(exist_ok=True)
+    (home / "script.txt").write_text('"a" -S2 --seed 4\n')
+    result = run_cli(["--outdir=~/pics", "--from-file=~/script.txt", "--no-progress"], workdir)
+    assert result.returncode == 0, result.stderr
+    assert (home / "pics" / "000001.4.png").is_file() and not (workdir / "~").exists()
+
+
 def test_an_unknown_start_model_stops_before_any_line_runs(workdir: Path) -> None:
     result = run_cli(["--outdir", "D", "--no-progress", "--model", "nonexist"], workdir, stdin='"x" -S2 --seed 1\n')
     assert result.returncode == 2

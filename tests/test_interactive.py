@@ -241,3 +241,17 @@ def test_history_numbers_stay_the_same_after_a_ctrl_c_in_a_pasted_block(tmp_path
         again.read_until(PROMPT, timeout=20)
     finally:
         again.close()
+
+
+def test_a_history_file_that_is_the_catalogue_is_never_appended_to(tmp_path: Path) -> None:
+    """`--history-file models.yaml` appended `!models` to the catalogue: invalid YAML at every later start."""
+    terminal = _start(tmp_path, "--history-file", str(tmp_path / "models.yaml"))
+    before = (tmp_path / "models.yaml").read_text()
+    try:
+        terminal.send("!models\r")
+        terminal.read_until("tiny-random", timeout=20)
+        terminal.read_until(PROMPT, timeout=20)
+    finally:
+        assert terminal.close() == 0
+    assert (tmp_path / "models.yaml").read_text() == before
+    assert b"looks like a model catalogue, not a history; history is kept in memory only" in terminal.seen

@@ -90,3 +90,20 @@ def test_an_edit_of_a_field_that_names_a_parameter_is_an_unknown_field(session, 
     outcome = session.run_line(f"!edit_model tiny-random {key}=other")
     assert not outcome.ok and outcome.error.startswith(f"entry 'tiny-random': unknown field '{key}' (fields: ")
     assert "other" not in manager.model_names()
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("!import_model --name x", "!import_model needs a path first: !import_model PATH --name x"),
+        ('!import_model /models/a.safetensors --name ""', "--name needs a value, not an empty one"),
+        ("!import_model /models/a.safetensors --name a --name b", "--name is given twice"),
+    ],
+)
+def test_import_model_options_a_careless_line_gets_wrong_are_said(session, line, says):
+    """A forgotten path read `--name` as the path ("unknown option x"); an empty or doubled --name silently used
+    the file's name or the last one."""
+    session, manager, _out = session
+    outcome = session.run_line(line)
+    assert not outcome.ok and outcome.error == says
+    assert manager.model_names() == ["tiny-random", "plain"]
