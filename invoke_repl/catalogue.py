@@ -382,7 +382,8 @@ def _require_edited_files(entry: ModelEntry, old: ModelEntry, fields: dict[str, 
     }
     for key, value in named.items():
         if value is not None and not value.exists() and value != getattr(old, key):
-            raise ModelError(f"entry {entry.name!r}: {key} {value} does not exist (nothing was changed)")
+            families = f"; a family is one of {', '.join(FAMILIES)}" if key == "config" else ""
+            raise ModelError(f"entry {entry.name!r}: {key} {value} does not exist (nothing was changed){families}")
 
 
 def _get(entries: dict[str, ModelEntry], name: str, target: Path) -> ModelEntry:
