@@ -890,6 +890,9 @@ def parse(line: str, dialect: str = "guide", notices: list[str] | None = None) -
     if unused and values.get("init_img") is None and notices is not None:
         verb = "acts" if len(unused) == 1 else "act"
         notices.append(f"{' and '.join(unused)} only {verb} on an init image (-I); this line is txt2img")
+    if values["negative"] and values.get("cfg_scale") == 1.0 and notices is not None:
+        # CFG 1 is the conditional prediction alone: the unconditional pass, where the negative goes, is skipped.
+        notices.append("a negative prompt does nothing at -C 1 (no unconditional pass); use another CFG scale")
     try:
         return Request(prompt=prompt, **values)  # type: ignore[arg-type]
     except RequestError as exc:

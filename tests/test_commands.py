@@ -366,3 +366,15 @@ def test_strength_or_fit_without_an_init_image_says_it_does_nothing() -> None:
     parse('"x" -s0.7 -I a.png', notices=notices)
     parse('"x" -S10', notices=notices)
     assert notices == []
+
+
+def test_a_negative_prompt_at_cfg_1_says_it_does_nothing() -> None:
+    """CFG 1 skips the unconditional pass: `[blue]` made the same image as no negative, without a word."""
+    notices: list[str] = []
+    parse('"a red star [blue]" -C 1', notices=notices)
+    parse('"a red star" --negative blue -C1.0', notices=notices)
+    assert notices == ["a negative prompt does nothing at -C 1 (no unconditional pass); use another CFG scale"] * 2
+    notices.clear()
+    parse('"a red star [blue]" -C 1.5', notices=notices)
+    parse('"a red star" -C 1', notices=notices)
+    assert notices == []

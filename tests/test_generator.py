@@ -185,12 +185,52 @@ def test_plain_prompts_skip_compel_with_identical_conditioning(components, monke
         "a \\(fox\\)",
         "fox_tail",
         " ".join(["fox"] * 76),
+        "blurry,, dark",  # CLIP reads ",," as one token, compel as ", ,"
     ],
 )
 def test_syntax_or_long_prompts_go_through_compel(components, text):
     from invoke_repl.generator import conditioning
 
     assert conditioning._plain_encode(components, text) is None
+
+
+def test_a_negatives_conditioning_does_not_depend_on_the_positives_syntax(components):
+    """With a plain positive, "blurry,, dark" was CLIP-encoded (",," one token); with "(red)1.0" in the positive
+    compel encoded it (", ,"): the same negative, up to 5 levels apart in the image."""
+    _, plain = encode_prompts(components, "a red star", "blurry,, dark")
+    _, weighted = encode_prompts(components, "a (red)1.3 star", "blurry,, dark")
+    assert torch.equal(plain, weighted)
+
+
+def test_deeply_nested_emphasis_parses_at_once(components):
+    """compel's grammar without packrat memoization: 65 s at depth 7, about 4× more per level, where Ctrl-C
+    cannot reach (audit 2026-12-03). The bound is 300× the time it takes now; the old code took 65 s."""
+    import time
+
+    began = time.monotonic()
+    cond, _ = encode_prompts(components, "(" * 7 + "masterpiece" + ")" * 7 + ", a red star")
+    deep, _ = encode_prompts(components, "(" * 16 + "a" + ")" * 16)  # request.MAX_PROMPT_NESTING
+    assert time.monotonic() - began < 15 and torch.isfinite(cond).all() and torch.isfinite(deep).all()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "says"),
+    [
+        ("a red star.swap(circle)", ".swap(...) (cross-attention control) is not supported"),
+        ('("a", "b").blend(0, 0)', "the prompt's weights give no usable conditioning"),
+        ("a () star", "the prompt has empty parentheses ()"),
+        ("(()) star", "the prompt has empty parentheses ()"),
+    ],
+)
+def test_prompt_syntax_that_would_be_ignored_or_fail_later_is_a_one_line_error(components, prompt, says):
+    """.swap() was dropped without a word; .blend(0, 0) became "the sampler produced NaN … try --precision";
+    "()" was "IndexError: list index out of range"."""
+    from invoke_repl.generator.conditioning import PromptError
+
+    with pytest.raises(PromptError) as caught:
+        encode_prompts(components, prompt)
+    assert str(caught.value).startswith(says) and "\n" not in str(caught.value)
+    assert torch.isfinite(encode_prompts(components, '("a", "b").and()')[0]).all()  # .and() is no empty group
 
 
 def test_weighting_blend_and_long_prompts(components):

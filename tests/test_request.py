@@ -131,7 +131,8 @@ def test_prompt_length_and_bracket_depth_are_bounded_for_compel() -> None:
     Request(prompt="(" * MAX_PROMPT_NESTING + "cat" + ")" * MAX_PROMPT_NESTING)
     with pytest.raises(RequestError, match="10,000 characters long; the limit is 4,000"):
         Request(prompt="y" * 10_000)
-    with pytest.raises(RequestError, match="nests brackets 33 deep"):
-        Request(prompt="(" * 33 + "cat" + ")" * 33)
+    with pytest.raises(RequestError, match="nests brackets 17 deep; the limit is 16"):
+        Request(prompt="(" * 17 + "cat" + ")" * 17)
+    Request(prompt="\\(" * 40 + "cat" + "\\)" * 40)  # escaped brackets are text, not nesting
     with pytest.raises(RequestError, match="negative prompt is"):
         Request(prompt="ok", negative="z" * 4001)
