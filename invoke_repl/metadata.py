@@ -640,6 +640,12 @@ def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(prompt_lines), "\n".join(negative_lines), settings
 
 
+# AUTOMATIC1111's own weights, `(word:1.3)`: compel reads them as the text "word:1.3" at weight 1.1, so the
+# weight is lost. (A1111's `[word]` de-emphasis is not flagged: brackets are also this tool's own negative-prompt
+# syntax, which its own parameters chunks carry.)
+_A1111_WEIGHTS = re.compile(r"\([^()]*:\s*[-+]?[0-9.]+\s*\)")
+
+
 def request_from_parameters(text: str, notices: list[str] | None = None) -> Request:
     """An AUTOMATIC1111 ``parameters`` chunk (ours or A1111's) as a Request."""
     prompt, negative, s = parse_parameters(text)
@@ -648,6 +654,11 @@ def request_from_parameters(text: str, notices: list[str] | None = None) -> Requ
     said: list[str] = []
     if re.search(r"<(?:lora|lyco|hypernet):", prompt, re.IGNORECASE) or "Lora hashes" in s:
         said.append("the PNG's prompt uses LoRAs (<lora:…>), which invoke-repl does not load; remove them to run it")
+    if _A1111_WEIGHTS.search(prompt) or _A1111_WEIGHTS.search(negative):
+        said.append(
+            "the PNG's prompt uses AUTOMATIC1111's weights ((word:1.3)), which invoke-repl reads as plain text; "
+            "write them as compel does ((word)1.3) to keep them"
+        )
     sampler = _sampler(s.get("Sampler"), said)
     schedule = str(s.get("Schedule type", "")).strip()
     if sampler is not None and schedule.lower() not in ("", "automatic", "uniform"):

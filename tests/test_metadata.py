@@ -857,3 +857,17 @@ def test_a_fetched_img2img_image_whose_metadata_names_no_init_image_says_so(tmp_
     ]
     said.clear()
     assert read_request(save(tmp_path, IMG2IMG), said).init_img == IMG2IMG.init_img and said == []
+
+
+def test_a_fetched_a1111_prompt_with_its_own_weighting_says_it_is_read_as_text() -> None:
+    """`(masterpiece:1.3)` came back as compel text without a word: the weight was lost."""
+    notices: list[str] = []
+    text = "(masterpiece:1.3), a red star, [[blurry]]\nNegative prompt: (ugly:1.2)\nSteps: 20, Sampler: Euler, Seed: 1"
+    request_from_parameters(text, notices)
+    assert notices == [
+        "the PNG's prompt uses AUTOMATIC1111's weights ((word:1.3)), which invoke-repl reads as plain text; write "
+        "them as compel does ((word)1.3) to keep them"
+    ]
+    notices.clear()
+    request_from_parameters("a (red) star: bright\nSteps: 20, Sampler: Euler, Seed: 1, Size: 64x64", notices)
+    assert notices == []
