@@ -492,7 +492,7 @@ def _split_negative(chars: list[tuple[str, bool]]) -> tuple[str, str]:
     """Take `[...]` groups out of a prompt: (prompt, negative). Escaped brackets (`\\[`) stay in the prompt.
 
     Removing a group also removes one space beside it, so `a cat [blurry] on a mat` reads `a cat on a mat` and
-    `"p [n]"` gives back exactly `p`.
+    `"p [n]"` gives back exactly `p`; a group between two words leaves one space (`red[blurry]star`: `red star`).
     """
     out: list[str] = []
     groups: list[str] = []
@@ -519,6 +519,8 @@ def _split_negative(chars: list[tuple[str, bool]]) -> tuple[str, str]:
                 out.pop()
             elif not out:
                 drop_next_space = True
+            elif not out[-1].isspace() and after and not after.isspace():
+                out.append(" ")  # `red[blurry]star` is "red star", not "redstar"
             continue
         if depth:
             group.append(c)

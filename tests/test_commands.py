@@ -368,6 +368,12 @@ def test_strength_or_fit_without_an_init_image_says_it_does_nothing() -> None:
     assert notices == []
 
 
+def test_a_negative_group_between_two_words_leaves_them_apart() -> None:
+    assert parse('"red[blurry]star" -S3').prompt == "red star"
+    assert parse('"red [blurry]star" -S3').prompt == "red star"
+    assert parse('"a cat [blurry] on a mat" -S3').prompt == "a cat on a mat"
+
+
 def test_a_negative_prompt_at_cfg_1_says_it_does_nothing() -> None:
     """CFG 1 skips the unconditional pass: `[blue]` made the same image as no negative, without a word."""
     notices: list[str] = []
