@@ -710,11 +710,12 @@ def _a1111_extras(s: Mapping[str, str], said: list[str]) -> None:
     in `parameters`), as `_invokeai2_extras` does for 2.x: a hires-fixed 1024×1536 image otherwise came back as a
     silent 512×768 line."""
     dropped: list[str] = []
-    hires = [f"{key} {s[key]}" for key in ("Hires upscale", "Hires resize", "Hires steps") if key in s]
+    shown = {key: _one_line_text(value)[:40] for key, value in s.items()}  # a foreign PNG's text, on our terminal
+    hires = [f"{key} {shown[key]}" for key in ("Hires upscale", "Hires resize", "Hires steps") if key in s]
     if any(key.startswith("Hires") for key in s):
         dropped.append(f"hires fix ({', '.join(hires)})" if hires else "hires fix")
     if s.get("Clip skip", "1").strip() not in ("", "1"):
-        dropped.append(f"Clip skip {s['Clip skip'].strip()}")
+        dropped.append(f"Clip skip {shown['Clip skip'].strip()}")
     if s.get("Tiling", "").strip().lower() == "true":
         dropped.append("Tiling")
     dropped += [key for key in ("Refiner", "Face restoration") if key in s]
@@ -744,7 +745,8 @@ def _invokeai3_extras(meta: Mapping[str, Any], said: list[str]) -> None:
     dropped += [f"{key} {meta[key]}" for key in ("clip_skip", "cfg_rescale_multiplier") if _positive(meta.get(key))]
     dropped += [key for key in ("seamless_x", "seamless_y") if meta.get(key) is True]
     if meta.get("hrf_enabled") is True:
-        dropped.append(f"hires fix (hrf_strength {meta['hrf_strength']})" if "hrf_strength" in meta else "hires fix")
+        strength = meta.get("hrf_strength")
+        dropped.append(f"hires fix (hrf_strength {strength})" if _positive(strength) else "hires fix")
     if dropped:
         said.append(
             f"dropped InvokeAI settings that invoke-repl does not have: {', '.join(dropped)}"

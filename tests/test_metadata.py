@@ -871,3 +871,12 @@ def test_a_fetched_a1111_prompt_with_its_own_weighting_says_it_is_read_as_text()
     notices.clear()
     request_from_parameters("a (red) star: bright\nSteps: 20, Sampler: Euler, Seed: 1, Size: 64x64", notices)
     assert notices == []
+
+
+def test_a_foreign_settings_value_in_a_notice_has_no_control_characters() -> None:
+    """Notices go to the terminal: a PNG's `Clip skip: 2\\x1b[2J` must not clear the user's screen."""
+    notices: list[str] = []
+    text = "a cat\nSteps: 20, Sampler: Euler, Seed: 1, Clip skip: 2\x1b[2J, Hires steps: 9\x07"
+    request_from_parameters(text, notices)
+    assert len(notices) == 1 and "\x1b" not in notices[0] and "\x07" not in notices[0]
+    assert "hires fix (Hires steps 9)" in notices[0] and "Clip skip 2[2J" in notices[0]
