@@ -322,6 +322,8 @@ class Catalogue:
             raw = old.to_yaml(target.parent)
             new_format = fields.get("format") or old.format  # `format=builtin path=tiny-random` edits both at once
             for key, value in fields.items():
+                if (value is None or value == "") and key in ("format", "path"):  # "format must be …, got None"
+                    raise ModelError(f"entry {name!r}: {key} cannot be removed; every model needs one")
                 if value is None or value == "":
                     raw.pop(key, None)
                     continue

@@ -107,3 +107,11 @@ def test_import_model_options_a_careless_line_gets_wrong_are_said(session, line,
     outcome = session.run_line(line)
     assert not outcome.ok and outcome.error == says
     assert manager.model_names() == ["tiny-random", "plain"]
+
+
+@pytest.mark.parametrize("key", ["format", "path"])
+def test_removing_a_field_every_model_needs_is_said_so(session, key):
+    session, manager, _out = session
+    outcome = session.run_line(f"!edit_model tiny-random {key}=")
+    assert not outcome.ok and outcome.error == f"entry 'tiny-random': {key} cannot be removed; every model needs one"
+    assert manager.catalogue.get("tiny-random").format == "builtin"
