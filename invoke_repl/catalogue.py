@@ -433,8 +433,12 @@ def _locked(target: Path) -> Iterator[None]:
     except ImportError:  # no POSIX locks (Windows): edits are still atomic, only not serialised between processes
         yield
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(f".{target.name}.lock"), "a") as handle:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(target.with_name(f".{target.name}.lock"), "a")  # noqa: SIM115 - closed below, after the edit
+    except OSError as exc:  # said of the catalogue: "Permission denied: …/.models.yaml.lock" named a hidden file
+        raise ModelError(f"cannot edit {target}: {exc.strerror or exc} (its folder must be writable)") from exc
+    with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield

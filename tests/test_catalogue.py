@@ -393,3 +393,14 @@ def test_a_description_yaml_would_read_as_a_number_keeps_its_text(tmp_path):
     assert catalogue.get("v1").description == "1.10" and not catalogue.get("v2").description
     catalogue.update("v2", {"description": "edited"})  # written back, read back: still the text typed
     assert Catalogue.load(path).get("v1").description == "1.10"
+
+
+def test_a_catalogue_whose_folder_cannot_hold_its_lock_is_named_not_the_lock_file(tmp_path):
+    """The error named the hidden lock file ("Not a directory: …/.models.yaml.lock"), not the catalogue."""
+    from invoke_repl.catalogue import ModelError, _locked
+
+    (tmp_path / "config").write_text("a file where the config folder should be")
+    target = tmp_path / "config" / "invoke-repl" / "models.yaml"
+    with pytest.raises(ModelError) as caught, _locked(target):
+        pass
+    assert str(caught.value).startswith(f"cannot edit {target}: ") and ".lock" not in str(caught.value)
