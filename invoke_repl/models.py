@@ -257,22 +257,14 @@ class ModelManager:
         return components
 
     # ------------------------------------------------------------------------------------------ catalogue edits
-    def import_model(
-        self,
-        path: str | Path,
-        name: str | None = None,
-        description: str | None = None,
-        default: bool = False,
-        *,
-        config: str | None = None,
-        vae: str | None = None,
-    ) -> str:
+    def import_model(self, path: str | Path, **options: Any) -> str:
         """Add a diffusers folder or a single checkpoint file to the user's catalogue; returns the name used.
 
         The family and native width/height are read from the files (a checkpoint's header, a folder's configs), so
-        a bad path or an unreadable / unsafe file is reported now rather than at the first `!switch`.
+        a bad path or an unreadable / unsafe file is reported now rather than at the first `!switch`. `options`
+        are `plan_import`'s (name, description, default, config, vae).
         """
-        return self.add_import(*self.plan_import(path, name, description, default, config=config, vae=vae))
+        return self.add_import(*self.plan_import(path, **options))
 
     def add_import(self, name: str, fields: dict[str, Any]) -> str:
         """Write an entry `plan_import` made (the quick half of `import_model`, which a cancelled line skips)."""

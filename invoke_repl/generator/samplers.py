@@ -142,7 +142,7 @@ class _SchedulePrevious:
         """The schedule's next timestep below `timestep`, or −1 after the last (cached per timesteps tensor)."""
         cached = getattr(self, "_lower_cache", None)
         if cached is None or cached[0] is not self.timesteps:
-            values = sorted({int(v) for v in self.timesteps.tolist()}, reverse=True)
+            values = _distinct_descending(self.timesteps)
             cached = (self.timesteps, {a: b for a, b in zip(values, values[1:] + [-1], strict=True)})
             self._lower_cache = cached
         return cached[1][int(timestep)]
@@ -156,12 +156,17 @@ class _SchedulePrevious:
             self.num_inference_steps = kept
 
 
+def _distinct_descending(timesteps: Any) -> list[int]:
+    """A schedule's timesteps once each, highest first (PLMS lists its second one twice)."""
+    return sorted({int(v) for v in timesteps.tolist()}, reverse=True)
+
+
 def check_strides(scheduler: SchedulerMixin) -> bool:
     """Whether every step of a DDIM/PLMS schedule has a stride `_SchedulePrevious` can give (True for others)."""
     if not isinstance(scheduler, _SchedulePrevious):
         return True
     train = int(scheduler.config.num_train_timesteps)
-    values = sorted({int(v) for v in scheduler.timesteps.tolist()}, reverse=True)
+    values = _distinct_descending(scheduler.timesteps)
     return all(_stride_for(train, a - b) is not None for a, b in zip(values, values[1:], strict=False))
 
 
