@@ -147,10 +147,22 @@ def test_plms_tail_is_a_fresh_plms_schedule():
         ((600, 1000), 512, 512, True, (304, 512)),
         ((100, 50), 64, None, False, (64, 32)),  # one side given: the other from the aspect ratio
         ((3, 3), None, None, False, (8, 8)),
+        ((107, 80), 64, 64, True, (64, 40)),  # 107 * (64 / 107) is 63.99999999999999 in floats
+        ((49, 40), 64, 64, True, (64, 48)),
+        ((107, 80), 512, 512, True, (512, 376)),
     ],
 )
 def test_init_size(image_size, width, height, fit, expected):
     assert init_size(image_size, width, height, fit) == expected
+
+
+def test_fit_fills_the_binding_side_of_the_box_for_every_image_size():
+    for iw in range(8, 300):
+        for ih in (8, 40, 61, 80, 299):
+            for box_w, box_h in ((64, 64), (512, 512), (512, 768)):
+                w, h = init_size((iw, ih), box_w, box_h, fit=True)
+                assert w <= box_w and h <= box_h and w % 8 == 0 and h % 8 == 0
+                assert w == box_w or h == box_h, ((iw, ih), (box_w, box_h), (w, h))
 
 
 def test_fitted_size_is_recorded_so_the_line_remakes_the_image(components, unet_calls):

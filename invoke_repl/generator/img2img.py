@@ -37,13 +37,16 @@ def init_size(image_size: tuple[int, int], width: int | None, height: int | None
         return _floor8(iw), _floor8(ih)
     if height is None:
         assert width is not None
-        return width, _floor8(width * ih / iw)
+        return width, _floor8(width * ih // iw)
     if width is None:
-        return _floor8(height * iw / ih), height
+        return _floor8(height * iw // ih), height
     if not fit:
         return width, height
-    scale = min(width / iw, height / ih)
-    return min(width, _floor8(iw * scale)), min(height, _floor8(ih * scale))
+    # Whole numbers only: iw * (width / iw) is 63.99999999999999 for iw = 107, width = 64, and flooring that to a
+    # multiple of 8 cost the fitted side 8 pixels (about 1 in 16 image/box pairs).
+    if width * ih <= height * iw:  # the width binds
+        return width, min(height, _floor8(width * ih // iw))
+    return min(width, _floor8(height * iw // ih)), height
 
 
 def fit_init_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
