@@ -888,7 +888,9 @@ def parse(line: str, dialect: str = "guide", notices: list[str] | None = None) -
         else:
             values[switch.field] = value
     values["negative"] = ", ".join(part for part in (negative, switch_negative or "") if part)
-    unused = [name for name, field in (("--strength", "strength"), ("--fit", "fit")) if values.get(field)]
+    given = (("--strength", "strength"), ("--fit", "fit"))
+    # `is`, not `in (None, False)`: 0.0 == False, and a strength of 0 is a strength given.
+    unused = [name for name, field in given if values.get(field) is not None and values.get(field) is not False]
     if unused and values.get("init_img") is None and notices is not None:
         verb = "acts" if len(unused) == 1 else "act"
         notices.append(f"{' and '.join(unused)} only {verb} on an init image (-I); this line is txt2img")
@@ -896,9 +898,27 @@ def parse(line: str, dialect: str = "guide", notices: list[str] | None = None) -
         # CFG 1 is the conditional prediction alone: the unconditional pass, where the negative goes, is skipped.
         notices.append("a negative prompt does nothing at -C 1 (no unconditional pass); use another CFG scale")
     try:
-        return Request(prompt=prompt, **values)  # type: ignore[arg-type]
+        request = Request(prompt=prompt, **values)  # type: ignore[arg-type]
     except RequestError as exc:
         raise ParseError(str(exc)) from exc
+    if notices is not None:
+        notices.extend(_img2img_notices(request))
+    return request
+
+
+def _img2img_notices(request: Request) -> list[str]:
+    """An init image that the strength leaves without effect: both lines run as asked, but look like mistakes."""
+    strength = request.effective_strength
+    if strength is None:
+        return []
+    if strength == 1:
+        return ["strength 1 starts from pure noise: the init image (-I) only sets the size"]
+    if strength > 0 and request.steps_taken == 0:
+        return [
+            f"{request.steps} steps at strength {strength:g} is 0 steps: the result is the init image as the model"
+            " sees it"
+        ]
+    return []
 
 
 def _cluster(token: _Token, dialect: str, values: dict[str, object]) -> None:

@@ -366,6 +366,23 @@ def test_strength_or_fit_without_an_init_image_says_it_does_nothing() -> None:
     parse('"x" -s0.7 -I a.png', notices=notices)
     parse('"x" -S10', notices=notices)
     assert notices == []
+    for zero in ("-s0", "--strength 0", "-f 0"):  # 0 is a strength given, not a strength left out
+        parse(f'"x" {zero}', notices=notices)
+        assert notices == ["--strength only acts on an init image (-I); this line is txt2img"], zero
+        notices.clear()
+
+
+def test_an_init_image_the_strength_leaves_without_effect_is_announced() -> None:
+    notices: list[str] = []
+    parse('"x" -S10 -s1 -I a.png', notices=notices)
+    assert notices == ["strength 1 starts from pure noise: the init image (-I) only sets the size"]
+    notices.clear()
+    parse('"x" -S10 -s0.05 -I a.png', notices=notices)
+    assert notices == ["10 steps at strength 0.05 is 0 steps: the result is the init image as the model sees it"]
+    notices.clear()
+    for line in ('"x" -S10 -s0 -I a.png', '"x" -S10 -s0.1 -I a.png', '"x" -S10 -I a.png'):
+        parse(line, notices=notices)  # strength 0 asks for the init image itself; 0.1 of 10 is one step
+    assert notices == []
 
 
 def test_a_negative_group_between_two_words_leaves_them_apart() -> None:
