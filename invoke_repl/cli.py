@@ -20,6 +20,7 @@ from invoke_repl import __version__
 from invoke_repl.commands import DIALECTS
 from invoke_repl.session import Session, default_outdir
 from invoke_repl.stopping import cancel_on_signals, exit_status
+from invoke_repl.streams import guard_standard_streams
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGNALLED = 128  # and up: 128 + the number of the signal that stopped the run (130 for Ctrl-C)
@@ -94,6 +95,7 @@ def make_manager_factory(args: argparse.Namespace, *, scripted: bool = False):
 
 
 def main(argv: list[str] | None = None) -> int:
+    guard_standard_streams()
     args = build_parser().parse_args(argv)
     # transformers announces at import that torchvision is missing for image processors we never use; one such
     # line per start is noise in a REPL. Real errors still surface as exceptions.

@@ -23,11 +23,13 @@ from prompt_toolkit.completion.base import get_common_complete_suffix
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import History
 from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.output import create_output
 
 from invoke_repl import stopping
 from invoke_repl.commands import BANG_COMMANDS, DIALECTS, QUOTE_PAIRS, switch_names
 from invoke_repl.request import SAMPLERS
 from invoke_repl.session import Outcome, Session
+from invoke_repl.streams import terminal_stream
 
 SAMPLER_SWITCHES = ("-A", "-m", "--sampler")
 IMAGE_SWITCHES = ("-I", "--init-img", "--init_img")
@@ -313,7 +315,7 @@ def run_interactive(session: Session, history: CommandHistory, **prompt_options:
         complete_while_typing=False,
         enable_history_search=False,
         key_bindings=tab_completes_at_once(completer),
-        **prompt_options,
+        **{"output": create_output(stdout=terminal_stream()), **prompt_options},
     )
 
     def stop_at_the_prompt(signum: int, frame: Any) -> None:
