@@ -126,6 +126,24 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _append_whole_line(fd: int, data: bytes) -> None:
+    """A whole line or none. A full disk (or `ulimit -f`) left half a line without its newline, the next session's
+    line was glued onto it, and `!replay` of the log then failed on `--heigh[1]`, losing both images' lines. So a
+    line that could not be written whole is cut back off, and a file that does not end in a newline (an older
+    leftover, or a write the process died in) gets one first."""
+    start = os.fstat(fd).st_size
+    if start and os.pread(fd, 1, start - 1) != b"\n":
+        data = b"\n" + data
+    try:
+        _write_all(fd, data)
+    except OSError:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        raise
+
+
 def _fsync_dir(outdir: Path) -> None:
     """Make the new name durable too; not every filesystem allows fsync on a folder, and that is fine."""
     try:
@@ -321,9 +339,9 @@ def append_log(outdir: Path, line: str) -> str | None:
     text = " ".join(str(line).splitlines()) + "\n"
     try:
         Path(outdir).mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            _write_all(fd, text.encode("utf-8", "replace"))
+            _append_whole_line(fd, text.encode("utf-8", "replace"))
         finally:
             os.close(fd)
     except OSError as exc:

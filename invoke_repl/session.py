@@ -279,7 +279,10 @@ class Session:
             self._say(note)
         prefix = outputs.reserve_prefix(outdir)
         first_prefix: int | None = None
+        # Only what the grid needs, and only with -g: every finished image with its step previews stayed in memory
+        # until the command ended (16 MiB an image at 2048², so a long -n at a large size ran out of memory).
         made: list[Any] = []
+        count = 0
         try:
             for generated in generate(
                 components,
@@ -296,17 +299,20 @@ class Session:
                 # its images share a prefix from there on.
                 prefix = outputs.prefix_of(path)  # (the grid stays with the command's first image)
                 first_prefix = prefix if first_prefix is None else first_prefix
-                made.append(generated)
+                count += 1
+                if request.grid:
+                    made.append((generated.seed, generated.image))
                 self._announce(outdir, path, generated)  # saved is said at once, whatever happens to its strip
                 if request.save_steps:
                     self._save_strip(outdir, prefix, path, generated)
+                del generated
         except Cancelled as exc:
             self._finish_grid(outdir, first_prefix, request, made)
             raise GenerationCancelled() from exc
         finally:
             self._compile_notices(components)
         self._finish_grid(outdir, first_prefix, request, made)
-        return Outcome(images=len(made))
+        return Outcome(images=count)
 
     def _save_strip(self, outdir: Path, prefix: int, path: Path, generated: Any) -> None:
         from invoke_repl import outputs
@@ -329,10 +335,17 @@ class Session:
                     self._say(notice)
 
     def _finish_grid(self, outdir: Path, prefix: int | None, request: Request, made: list[Any]) -> None:
+        """`made`: (seed, image) of each image saved. A grid that cannot be saved is a warning, as a strip is: the
+        images are saved and were announced, and the line used to fail as if they were not."""
         if request.grid and len(made) > 1 and prefix is not None:
             from invoke_repl import outputs
+            from invoke_repl.metadata import OutputError
 
-            path = outputs.save_grid(outdir, prefix, [g.image for g in made], made[0].seed)
+            try:
+                path = outputs.save_grid(outdir, prefix, [image for _, image in made], made[0][0])
+            except OutputError as exc:
+                self._say(f"warning: the {len(made)} images are saved, but their grid is not: {exc}")
+                return
             print(f"grid: {path}", file=self.out, flush=True)
 
     def _announce(self, outdir: Path, path: Path, generated: Any) -> None:

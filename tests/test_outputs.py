@@ -214,6 +214,24 @@ def test_full_disk_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.
     assert names(tmp_path) == []
 
 
+def test_a_log_line_is_appended_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / outputs.LOG_NAME
+    log.write_text("[1] a.png: \"a\" --steps 2\n")
+    real = outputs._write_all
+
+    def full(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs, "_write_all", full)
+    assert "no space left" in (outputs.append_log(tmp_path, '[2] b.png: "b" --steps 2 --height 64') or "").lower()
+    assert log.read_text() == '[1] a.png: "a" --steps 2\n'  # the half line is gone
+    monkeypatch.setattr(outputs, "_write_all", real)
+    log.write_text('[1] a.png: "a" --steps 2 --heigh')  # a process that died mid-line, before this fix
+    assert outputs.append_log(tmp_path, '[2] b.png: "b" --steps 2') is None
+    assert log.read_text().splitlines() == ['[1] a.png: "a" --steps 2 --heigh', '[2] b.png: "b" --steps 2']
+
+
 def test_filesystem_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_links(src: object, dst: object) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")

@@ -679,3 +679,46 @@ def test_a_read_only_log_file_is_not_blamed_on_its_folder(tmp_path: Path, monkey
     assert warning is not None and "the log file is read-only" in warning and "folder" not in warning
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # and where the folder is the reason, it says so
     assert "the folder is not writable" in (outputs.append_log(tmp_path, "[1] x.png: x") or "")
+
+
+def test_a_long_command_keeps_no_finished_image_in_memory(
+    manager: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every image of a `-n` stayed referenced until the command ended, grid or not (16 MiB each at 2048²)."""
+    import gc
+    import weakref
+
+    from invoke_repl import outputs
+
+    alive: list[weakref.ref] = []
+    real_save = outputs.save_image
+
+    def save_and_count(outdir: Path, prefix: int, generated: Any, **kwargs: Any) -> Path:
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in list(alive_refs)))
+        alive_refs.append(weakref.ref(generated.image))
+        return real_save(outdir, prefix, generated, **kwargs)
+
+    alive_refs: list[weakref.ref] = []
+    monkeypatch.setattr(outputs, "save_image", save_and_count)
+    session = make_session(manager, tmp_path / "out")
+    assert session.run_line('"many" --steps 1 --seed 1 -n 4').ok
+    assert alive == [0, 0, 0, 0]  # while each image is saved, none before it is still held
+    assert session.run_line('"many" --steps 1 --seed 1 -n 3 -g').ok  # the grid keeps what it needs
+    assert alive[4:] == [0, 1, 2] and any(p.name.endswith(".grid.png") for p in (tmp_path / "out").iterdir())
+
+
+def test_a_grid_that_cannot_be_saved_is_a_warning_not_a_failed_line(
+    manager: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from invoke_repl import outputs
+    from invoke_repl.metadata import OutputError
+
+    def no_room(*args: Any, **kwargs: Any) -> Path:
+        raise OutputError("cannot save in out: File too large")
+
+    monkeypatch.setattr(outputs, "save_grid", no_room)
+    session = make_session(manager, tmp_path / "out")
+    outcome = session.run_line('"grid" --steps 1 --seed 1 -n 2 -g')
+    assert outcome.ok and outcome.images == 2
+    assert "the 2 images are saved, but their grid is not: cannot save in out: File too large" in session.err.getvalue()
