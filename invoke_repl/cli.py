@@ -42,12 +42,23 @@ def _path(text: str) -> Path:
     return Path(text).expanduser()
 
 
+def _outdir(text: str) -> Path:
+    """An output folder every `[N] PATH: …` line can name on one line, as a line's own `-o` must: one with a
+    newline split the printed line in two and was logged as a path that does not exist."""
+    from invoke_repl.request import control_character
+
+    bad = control_character(text)
+    if bad is not None:
+        raise argparse.ArgumentTypeError(f"the folder name contains the control character {bad!r}")
+    return _path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="invoke-repl",
         description="An interactive invoke> command line for Stable Diffusion (txt2img and img2img).",
     )
-    parser.add_argument("--outdir", "-o", type=_path, default=None, help="where images go (default ./outputs)")
+    parser.add_argument("--outdir", "-o", type=_outdir, default=None, help="where images go (default ./outputs)")
     parser.add_argument(
         "--dialect",
         choices=DIALECTS,

@@ -728,7 +728,7 @@ def _to_float(raw: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise _BadValue("not a finite number")
-    return value
+    return value + 0.0  # -0 typed is 0: it was recorded as -0.0 in the line and the PNG's three metadata chunks
 
 
 def _to_variations(raw: str) -> tuple[tuple[int, float], ...]:

@@ -28,6 +28,8 @@ class InitImageError(ValueError):
 def load_init_image(path: str | os.PathLike[str]) -> Image.Image:
     """The image at `path` as an upright, fully loaded 8-bit RGB image (transparent areas over white)."""
     where = Path(path)
+    if not where.exists() and where.is_symlink():  # exists() is False for a loop too: it is not "not found"
+        raise InitImageError(f"init image is a link that loops or leads nowhere: {where}")
     if not where.exists():
         from invoke_repl.paths import fire_drawing
 

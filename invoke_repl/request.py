@@ -121,7 +121,12 @@ def _integer(name: str, value: object, low: int, high: int) -> None:
 def _fraction(name: str, value: float) -> None:
     _finite(name, value)
     if not 0.0 <= value <= 1.0:
-        raise RequestError(f"{name} must be between 0 and 1, got {value:g}")
+        raise RequestError(f"{name} must be between 0 and 1, got {_exactly(value)}")
+
+
+def _exactly(value: float) -> str:
+    """A refused number as it was: `{:g}` showed 1.0000001 as "got 1", a value inside the range."""
+    return repr(float(value)).removesuffix(".0")
 
 
 def control_character(text: str) -> str | None:
@@ -222,7 +227,7 @@ def _cfg_scale(value: object) -> None:
     if value is not None:
         _finite("cfg scale", value)  # type: ignore[arg-type]
         if not 0.0 <= value <= MAX_CFG:  # type: ignore[operator]
-            raise RequestError(f"cfg scale must be between 0 and {MAX_CFG:g}, got {value:g}")
+            raise RequestError(f"cfg scale must be between 0 and {MAX_CFG:g}, got {_exactly(value)}")  # type: ignore[arg-type]
 
 
 def _with_variations(value: object) -> None:
@@ -251,7 +256,7 @@ def _model(value: object) -> None:
 
 
 def _outdir(value: object) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
+    if value is not None and (not isinstance(value, str) or not value.strip()):  # `-o " "` made a folder named " "
         raise RequestError("output directory must not be empty")
     if value is not None:
         _one_line("output directory", value)  # type: ignore[arg-type]

@@ -292,3 +292,10 @@ def test_a_script_reports_an_unusable_catalogue_once_per_line_in_the_line_format
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith(f"line {n}: ") for n, line in enumerate(lines, 1)), lines
+
+
+def test_an_outdir_with_a_control_character_is_refused_at_start(tmp_path: Path) -> None:
+    """It split every printed `[N] PATH: …` line in two, and the log named a folder that does not exist."""
+    done = run_cli(["-o", str(tmp_path / "out\nnl")], tmp_path, stdin='"x" --steps 1 --seed 1\n')
+    assert done.returncode == 2 and not (tmp_path / "out\nnl").exists()
+    assert done.stderr.count("\n") == 1 and "control character '\\n'" in done.stderr

@@ -401,3 +401,9 @@ def test_a_negative_prompt_at_cfg_1_says_it_does_nothing() -> None:
     parse('"a red star [blue]" -C 1.5', notices=notices)
     parse('"a red star" -C 1', notices=notices)
     assert notices == []
+
+
+def test_a_typed_minus_zero_is_recorded_as_zero() -> None:
+    request = parse('"x" -S2 -C -0 -s -0 -I a.png')
+    assert str(request.cfg_scale) == "0.0" and str(request.strength) == "0.0"
+    assert "-0.0" not in canonical(request)

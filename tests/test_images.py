@@ -141,3 +141,10 @@ def test_an_image_with_a_workflow_chunk_over_pillows_text_limit_is_a_usable_init
     path = _save(picture, tmp_path / "comfy.png")
     path.write_bytes(spliced(path.read_bytes(), workflow_chunk(2.4)))
     assert np.array_equal(np.asarray(load_init_image(path)), np.asarray(picture))
+
+
+def test_a_link_that_loops_is_named_as_one_not_as_missing(tmp_path) -> None:
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    with pytest.raises(InitImageError, match="is a link that loops or leads nowhere"):
+        load_init_image(tmp_path / "a.png")

@@ -136,3 +136,17 @@ def test_prompt_length_and_bracket_depth_are_bounded_for_compel() -> None:
     Request(prompt="\\(" * 40 + "cat" + "\\)" * 40)  # escaped brackets are text, not nesting
     with pytest.raises(RequestError, match="negative prompt is"):
         Request(prompt="ok", negative="z" * 4001)
+
+
+def test_a_refused_number_is_shown_as_given_not_rounded_into_the_range() -> None:
+    with pytest.raises(RequestError, match=r"got 100\.0000001$"):
+        Request("x", cfg_scale=100.0000001)
+    with pytest.raises(RequestError, match=r"got 1\.0000001$"):
+        Request("x", init_img="a.png", strength=1.0000001)
+    with pytest.raises(RequestError, match=r"got -2$"):
+        Request("x", init_img="a.png", strength=-2.0)
+
+
+def test_a_blank_output_folder_is_refused_like_an_empty_one() -> None:
+    with pytest.raises(RequestError, match="output directory must not be empty"):
+        Request("x", outdir=" ")
