@@ -44,6 +44,13 @@ def default_history_file() -> Path:
     return Path(base) / "invoke-repl" / "history"
 
 
+def _is_devnull(path: Path) -> bool:
+    try:
+        return os.path.samefile(path, os.devnull)
+    except OSError:
+        return False
+
+
 class CommandHistory(History):
     """One command per line in a plain UTF-8 file, appended as each command is accepted.
 
@@ -78,6 +85,12 @@ class CommandHistory(History):
         if self.path.is_dir():  # never moved: a mistyped --history-file ~/projects must not rename the folder
             self._writable = False
             self.warn(f"warning: history file {self.path} is a directory; history is kept in memory only")
+            return []
+        if not self.path.is_file() and not _is_devnull(self.path):
+            # A FIFO blocked the prompt forever and /dev/zero read until memory ran out; /dev/null stays the
+            # usual way to keep no history.
+            self._writable = False
+            self.warn(f"warning: history file {self.path} is not a regular file; history is kept in memory only")
             return []
         try:
             data = self.path.read_bytes()

@@ -705,4 +705,4 @@ def _one_line(exc: BaseException) -> str:
 
 
 def default_outdir() -> Path:
-    return Path(os.environ.get("INVOKE_REPL_OUTDIR", "outputs"))
+    return Path(os.environ.get("INVOKE_REPL_OUTDIR") or "outputs")  # set but empty: not the working folder

@@ -464,6 +464,20 @@ def test_history_path_is_a_directory_left_where_it_is(tmp_path: Path, owned: boo
     assert [p.name for p in tmp_path.iterdir()] == ["history"]  # nothing renamed
 
 
+def test_a_history_that_is_a_fifo_or_a_device_is_never_read(tmp_path: Path) -> None:
+    """A FIFO blocked before the prompt appeared; /dev/zero read until memory ran out. /dev/null keeps working."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        warnings: list[str] = []
+        history = CommandHistory(path, warnings.append)
+        assert history.read_lines() == [] and len(warnings) == 1 and "is not a regular file" in warnings[0]
+        history.append_string("!help")  # kept in memory only: nothing written to the FIFO or the device
+        assert list(history.get_strings()) == ["!help"]
+    quiet: list[str] = []
+    assert CommandHistory(Path(os.devnull), quiet.append).read_lines() == [] and quiet == []
+
+
 def test_a_named_history_file_in_another_encoding_is_left_alone(tmp_path: Path) -> None:
     """--history-file pointing at the user's Latin-1 notes: not ours to move; the default file, or junk, is."""
     notes = tmp_path / "notes.txt"
@@ -722,3 +736,12 @@ def test_a_grid_that_cannot_be_saved_is_a_warning_not_a_failed_line(
     outcome = session.run_line('"grid" --steps 1 --seed 1 -n 2 -g')
     assert outcome.ok and outcome.images == 2
     assert "the 2 images are saved, but their grid is not: cannot save in out: File too large" in session.err.getvalue()
+
+
+def test_an_empty_outdir_variable_is_the_default_folder_not_the_working_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from invoke_repl.session import default_outdir
+
+    monkeypatch.setenv("INVOKE_REPL_OUTDIR", "")
+    assert default_outdir() == Path("outputs")
+    monkeypatch.setenv("INVOKE_REPL_OUTDIR", "/tmp/pics")
+    assert default_outdir() == Path("/tmp/pics")
