@@ -106,6 +106,20 @@ def make_manager_factory(args: argparse.Namespace, *, scripted: bool = False):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The program; a Ctrl-C that comes before the prompt or the script has its own handling (the first few tenths
+    of a second: imports) ends it quietly with 130, as it would a moment later, instead of with a traceback."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        status = exit_status(signal.SIGINT)
+        if any(thread.is_alive() for thread in _WARM_UP):  # never shut down under torch's import (see _settle)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+        return status
+
+
+def _main(argv: list[str] | None) -> int:
     guard_standard_streams()
     args = build_parser().parse_args(argv)
     # transformers announces at import that torchvision is missing for image processors we never use; one such

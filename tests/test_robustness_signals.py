@@ -316,3 +316,24 @@ def test_a_second_signal_ends_the_run_within_seconds_while_native_code_runs(tmp_
     assert time.monotonic() - sent < SECOND_SIGNAL_GRACE_S + 3
     assert code == 143, err  # the status of the first signal, SIGTERM
     assert not list((tmp_path / "D").glob("*.png"))  # no image under a final name, complete or not
+
+
+def test_ctrl_c_in_the_first_moments_ends_quietly(tmp_path: Path) -> None:
+    """A Ctrl-C while the program was still importing (before any handler of ours was up) printed a
+    KeyboardInterrupt traceback through prompt_toolkit's or torch's import."""
+    tiny_catalogue(tmp_path)
+    for delay in (0.05, 0.1, 0.15, 0.2, 0.3, 0.45):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "invoke_repl", "--outdir", "out"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=isolated_env(tmp_path),
+            cwd=tmp_path,
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate('"x" --steps 1 --seed 1\n', timeout=60)
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, (delay, err)
+        assert proc.returncode in (130, -signal.SIGINT), (delay, proc.returncode, err)  # -2: before Python's own
