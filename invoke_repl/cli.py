@@ -122,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     guard_standard_streams()
     args = build_parser().parse_args(argv)
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # torch's import dies in one ("oneMKL FATAL ERROR"), leaving the terminal raw
+        print("invoke-repl: the working folder no longer exists; cd to another one and start again", file=sys.stderr)
+        return EXIT_USAGE
     # transformers announces at import that torchvision is missing for image processors we never use; one such
     # line per start is noise in a REPL. Real errors still surface as exceptions.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

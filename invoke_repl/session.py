@@ -395,8 +395,10 @@ class Session:
                         state["committing"] = True
                     value = commit(self.manager, value)
                 box["value"] = value
-            except BaseException as exc:  # handed to the waiting line
+            except (Exception, KeyboardInterrupt) as exc:  # handed to the waiting line
                 box["error"] = exc
+            except BaseException as exc:  # a library's sys.exit() at import must end this line, not the session
+                box["error"] = RuntimeError(f"model code exited: {exc or type(exc).__name__}")
 
         thread = threading.Thread(target=work, name="invoke-repl-model", daemon=True)
         self._manager_work = thread

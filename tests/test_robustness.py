@@ -745,3 +745,12 @@ def test_an_empty_outdir_variable_is_the_default_folder_not_the_working_one(monk
     assert default_outdir() == Path("outputs")
     monkeypatch.setenv("INVOKE_REPL_OUTDIR", "/tmp/pics")
     assert default_outdir() == Path("/tmp/pics")
+
+
+def test_a_library_that_calls_sys_exit_at_import_fails_the_line_not_the_session(tmp_path: Path) -> None:
+    def exits() -> Any:
+        raise SystemExit("torch needs a newer glibc")
+
+    session = Session(exits, outdir=tmp_path, out=io.StringIO(), err=io.StringIO(), progress=False)
+    one_line_error(session.run_line('"x" --steps 1 --seed 1'), "torch needs a newer glibc")
+    assert session.run_line("!help").ok

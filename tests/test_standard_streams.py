@@ -116,3 +116,25 @@ def test_the_prompt_is_drawn_on_stderr_when_stdout_is_redirected(monkeypatch) ->
     assert terminal_stream() is terminal  # the real stream, not the forgiving one: a lost terminal must show
     monkeypatch.setattr(sys, "stdout", Tty())
     assert terminal_stream() is sys.stdout
+
+
+def test_a_working_folder_that_was_deleted_is_one_line_at_start(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    def into_deleted() -> None:
+        os.chdir(gone)
+        os.rmdir(gone)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke_repl", "-o", str(tmp_path / "out")],
+        input='"x" --steps 1 --seed 1\n',
+        capture_output=True,
+        text=True,
+        env=isolated_env(tmp_path),
+        timeout=120,
+        preexec_fn=into_deleted,
+    )
+    assert done.returncode == 2 and done.stderr == (
+        "invoke-repl: the working folder no longer exists; cd to another one and start again\n"
+    )
