@@ -84,10 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_manager_factory(args: argparse.Namespace, *, scripted: bool = False):
-    """A function that builds the model manager; importing it pulls in torch, so it runs only when needed.
+    """A function that builds the model manager; it runs only when a line needs it.
 
-    A script's lines each report an unusable catalogue as `line N: …`; the early notice would be one more copy,
-    outside that format."""
+    An interactive session starts the start model's load at once, while the user types. A script does not: its
+    next line is read at once anyway, and a script of catalogue commands (`!models`, `!edit_model`, …) then never
+    imports torch nor loads a model it does not use (a `!switch` waited for that load). A script's lines each
+    report an unusable catalogue as `line N: …`; an early notice would be one more copy, outside that format."""
 
     def factory():
         from invoke_repl.models import ModelManager, open_catalogue
@@ -99,7 +101,10 @@ def make_manager_factory(args: argparse.Namespace, *, scripted: bool = False):
             precision=args.precision,
             max_loaded=args.max_loaded_models,
         )
-        manager.start_background_load(args.model, report_unusable=not scripted)
+        if not scripted:
+            manager.start_background_load(args.model)
+        elif args.model is not None:
+            manager.prefer(args.model)
         return manager
 
     return factory

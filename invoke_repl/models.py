@@ -111,13 +111,13 @@ class ModelManager:
         host_available: Callable[[], int | None] = host_available_bytes,
         device_free: Callable[[Any], int | None] = device_free_bytes,
     ) -> None:
-        from invoke_repl.loading import HashCache, resolve_device, resolve_dtype
+        from invoke_repl.loading import HashCache
 
         if max_loaded < 1:
             raise ModelError("--max-loaded-models must be at least 1")
         self.catalogue = catalogue if isinstance(catalogue, Catalogue) else Catalogue.find(catalogue)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(precision, self.device)
+        self._device_option, self._precision_option = device, precision
+        self._device_and_dtype: tuple[torch.device, torch.dtype] | None = None
         self.max_loaded = max_loaded
         self._notify = notify or (lambda message: print(message, file=sys.stderr, flush=True))
         # Margins: room left for activations and the rest of the machine after a model is kept.
@@ -135,6 +135,36 @@ class ModelManager:
         self._loaders: list[threading.Thread] = []
 
     # ------------------------------------------------------------------------------------------ queries
+    @property
+    def device(self) -> torch.device:
+        """Resolved at the first load, not at creation: finding the device imports torch, and a script of
+        catalogue commands (`!models`, `!edit_model`, …) must not pay seconds for it (issue 7: no generation
+        line, no torch)."""
+        return self._resolved()[0]
+
+    @device.setter
+    def device(self, device: torch.device) -> None:  # tests play a CUDA machine's decisions on the CPU
+        self._device_and_dtype = device, self.dtype
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._resolved()[1]
+
+    def _resolved(self) -> tuple[torch.device, torch.dtype]:
+        if self._device_and_dtype is None:
+            from invoke_repl.loading import resolve_device, resolve_dtype
+
+            device = resolve_device(self._device_option)
+            self._device_and_dtype = device, resolve_dtype(self._precision_option, device)
+        return self._device_and_dtype
+
+    def prefer(self, name: str) -> None:
+        """Make `name` the model lines use until a `!switch`, without loading it yet (a script's `--model`)."""
+        self.catalogue.get(name)
+        with self._lock:
+            if self._active is None:
+                self._active = name
+
     @property
     def active_name(self) -> str | None:
         """The active model's name; before anything was chosen, the one that will be (default or fallback)."""

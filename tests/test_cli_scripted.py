@@ -299,3 +299,32 @@ def test_an_outdir_with_a_control_character_is_refused_at_start(tmp_path: Path) 
     done = run_cli(["-o", str(tmp_path / "out\nnl")], tmp_path, stdin='"x" --steps 1 --seed 1\n')
     assert done.returncode == 2 and not (tmp_path / "out\nnl").exists()
     assert done.stderr.count("\n") == 1 and "control character '\\n'" in done.stderr
+
+
+def test_a_script_of_catalogue_commands_never_imports_torch(tmp_path: Path) -> None:
+    """`!models`, `!edit_model`, `!del_model` imported torch and loaded the default model in full (about 10 s
+    for `!models` alone), for a script that makes no picture."""
+    import subprocess
+    import sys
+
+    from tests.clirun import isolated_env
+
+    catalogue = tiny_catalogue(tmp_path)
+    probe = (
+        f"import sys, runpy; sys.argv=['invoke-repl','--outdir','D','--models',{str(catalogue)!r}];"
+        "code=0\ntry:\n runpy.run_module('invoke_repl', run_name='__main__')\nexcept SystemExit as e:\n code=e.code\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code, file=sys.stderr)"
+    )
+    script = "!models\n!edit_model tiny-random description=renamed\n!models\n!del_model tiny-random\n!models\n"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        input=script,
+        capture_output=True,
+        text=True,
+        env=isolated_env(tmp_path),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert "NO-TORCH 0" in result.stderr, result.stderr
+    assert "renamed" in result.stdout and "updated model tiny-random" in result.stdout
+    assert "removed tiny-random from the catalogue" in result.stdout
