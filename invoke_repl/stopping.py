@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -113,6 +114,10 @@ def cancel_on_signals(
 # signal handlers between bytecodes only, and one long native call (a single convolution of a 4096² image on the
 # CPU took minutes) kept a second Ctrl-C, and SIGTERMs 9 minutes apart, from doing anything (audit, 2026-12-03).
 SECOND_SIGNAL_GRACE_S = 2.0
+# How long a first stop signal may go unanswered before the user is told why nothing happens yet: a `timeout`'s
+# SIGTERM during one 5-minute step of a 4096² image was followed by 37 s of silence (audit, 2026-12-04).
+STILL_STOPPING_NOTICE_S = 1.0
+STILL_STOPPING = "invoke-repl: stopping after the current step; signal again (Ctrl-C) to stop at once"
 
 
 @dataclass
@@ -150,8 +155,15 @@ class _Watchdog:
 def _watch(read_fd: int, handled: list[int]) -> None:
     stops = {int(s) for s in STOP_SIGNALS}
     delivered: list[int] = []
+    told = False
     try:
         while True:
+            waiting = len(delivered) == 1 and not told  # one signal in, the block still running
+            if waiting and not select.select([read_fd], [], [], STILL_STOPPING_NOTICE_S)[0]:
+                told = True
+                with contextlib.suppress(Exception):
+                    print(("\n" if sys.stderr.isatty() else "") + STILL_STOPPING, file=sys.stderr, flush=True)
+                continue
             data = os.read(read_fd, 64)
             if not data:
                 return

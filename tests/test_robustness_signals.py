@@ -298,7 +298,7 @@ sys.exit(main(sys.argv[1:]))
 def test_a_second_signal_ends_the_run_within_seconds_while_native_code_runs(tmp_path: Path) -> None:
     """Handlers run between bytecodes only: a second Ctrl-C, or SIGTERMs minutes apart, did nothing until the
     native call returned. The first signal still waits for it (the step or save ends first); the second does not."""
-    from invoke_repl.stopping import SECOND_SIGNAL_GRACE_S
+    from invoke_repl.stopping import SECOND_SIGNAL_GRACE_S, STILL_STOPPING_NOTICE_S
 
     tiny_catalogue(tmp_path)
     run = Watched(
@@ -308,6 +308,7 @@ def test_a_second_signal_ends_the_run_within_seconds_while_native_code_runs(tmp_
     )
     run.wait_for("STUCK-NOW")
     run.proc.send_signal(signal.SIGTERM)
+    run.wait_for("stopping after the current step", timeout=STILL_STOPPING_NOTICE_S + 3)  # it was silent
     time.sleep(SECOND_SIGNAL_GRACE_S + 1)
     assert run.proc.poll() is None  # one signal: it waits for the save, which may still finish
     run.proc.send_signal(signal.SIGINT)
