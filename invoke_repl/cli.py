@@ -100,6 +100,7 @@ def make_manager_factory(args: argparse.Namespace, *, scripted: bool = False):
             device=args.device,
             precision=args.precision,
             max_loaded=args.max_loaded_models,
+            notify=None if scripted else _above_prompt,
         )
         if not scripted:
             manager.start_background_load(args.model)
@@ -319,10 +320,16 @@ def _not_a_history(path: Path, models: Path | None) -> str | None:
     return f"looks like {kind}, not a history" if kind else None
 
 
+def _above_prompt(message: str) -> None:
+    from invoke_repl.repl import say_above_prompt  # imported already: the prompt is up
+
+    say_above_prompt(message)
+
+
 def _warm_up(session: Session) -> None:
     if os.environ.get("INVOKE_REPL_NO_WARMUP"):
         return
     try:
         session.manager  # noqa: B018 - creating it imports torch and starts the default model's load
     except Exception as exc:  # reported again, with its reason, when a line needs the model
-        print(f"warning: model manager failed to start: {exc}", file=sys.stderr, flush=True)
+        _above_prompt(f"warning: model manager failed to start: {exc}")

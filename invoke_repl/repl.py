@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import run_in_terminal
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
 from prompt_toolkit.completion.base import get_common_complete_suffix
@@ -316,6 +319,33 @@ def tab_completes_at_once(completer: Completer) -> KeyBindings:
     return bindings
 
 
+_PROMPTS: list[PromptSession[str]] = []  # the prompt of the running session, for messages from other threads
+
+
+def say_above_prompt(text: str) -> None:
+    """Print a message from a background thread (the default model's load: a fallback notice, a failed start)
+    on stderr. While the prompt is up it goes above the prompt, which is drawn again with what was typed so far:
+    printed straight it landed in the middle of the line being typed, and typing went on without a prompt."""
+    app = _PROMPTS[-1].app if _PROMPTS else None
+    loop = app.loop if app is not None else None
+    if (
+        app is not None
+        and app.is_running
+        and loop is not None
+        and threading.current_thread() is not threading.main_thread()
+    ):
+
+        def show() -> None:
+            run_in_terminal(lambda: print(text, file=sys.stderr, flush=True))
+
+        try:
+            loop.call_soon_threadsafe(show)
+            return
+        except RuntimeError:  # the loop closed meanwhile: no prompt is up
+            pass
+    print(text, file=sys.stderr, flush=True)
+
+
 def run_interactive(session: Session, history: CommandHistory, **prompt_options: Any) -> int:
     """Loop until Ctrl-D or !quit (status 0: errors were shown and survived), or until SIGTERM or SIGHUP (128 + its
     number, after the running line stopped as Ctrl-C stops it and with the terminal given back in cooked mode)."""
@@ -342,6 +372,7 @@ def run_interactive(session: Session, history: CommandHistory, **prompt_options:
 
     pending: list[int] = []  # stop signals seen; checked around every prompt, so one that came as it ended counts
     previous = stopping.install(stop_at_the_prompt)
+    _PROMPTS.append(prompt)
     try:
         return _loop(session, prompt, pending)
     except Stopped as stop:
@@ -352,6 +383,7 @@ def run_interactive(session: Session, history: CommandHistory, **prompt_options:
             raise
         return stopping.exit_status(pending[0])  # SIGHUP: the closed terminal failed prompt_toolkit's last write
     finally:
+        _PROMPTS.remove(prompt)
         stopping.restore(previous)
 
 

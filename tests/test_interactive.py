@@ -288,3 +288,26 @@ def test_leaving_while_the_default_model_still_loads_is_at_once(tmp_path: Path, 
         assert time.monotonic() - start < 20 and b"Traceback" not in terminal.seen
     finally:
         terminal.close()
+
+
+def test_a_notice_from_the_background_load_goes_above_the_line_being_typed(tmp_path: Path) -> None:
+    """The default model's fallback notice, printed while the user typed, landed inside the typed line and the
+    prompt was not drawn again: typing went on blind."""
+    (tmp_path / "models.yaml").write_text(
+        "mine:\n  format: diffusers\n  path: nope-folder\n  default: true\n"
+        "tiny-random:\n  format: builtin\n  path: tiny-random\n"
+    )
+    terminal = Terminal(
+        ["--outdir", "out", "--history-file", str(tmp_path / "history"), "--models", str(tmp_path / "models.yaml")],
+        tmp_path,
+    )
+    try:
+        terminal.read_until(PROMPT, timeout=60)
+        terminal.send("a red ci")  # before the load has even started: torch's import takes seconds
+        terminal.read_until("using 'tiny-random' instead", timeout=60)
+        terminal.read_until(PROMPT, timeout=10)  # drawn again below the notice …
+        terminal.read_until("a red ci", timeout=10)  # … with what was typed
+        terminal.send("rcle --steps 1 --seed 2\r")
+        terminal.read_until("000001.2.png", timeout=60)
+    finally:
+        terminal.close()
