@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="guide",
         help="switch letters: guide (-S steps, -s strength) or legacy (InvokeAI 2.x: -S seed, -s steps)",
     )
-    parser.add_argument("--from-file", type=_path, default=None, help="run the commands in FILE, then exit")
+    parser.add_argument(
+        "--from-file", type=_path, default=None, help="run the commands in FILE (- for stdin), then exit"
+    )
     parser.add_argument("--models", type=_path, default=None, help="model catalogue (models.yaml) to use")
     parser.add_argument("--model", default=None, help="model to start with (default: the catalogue's default)")
     parser.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto")
@@ -227,13 +229,15 @@ def _is_terminal(path: Path) -> bool:
 
 
 def run_script(session: Session, args: argparse.Namespace) -> int:
-    if args.from_file is not None:
+    if args.from_file is not None and str(args.from_file) == "-":  # the usual name for stdin; it was "no such file"
+        lines: Iterable[str] = _stdin_lines()
+    elif args.from_file is not None:
         unreadable = _not_a_script(args.from_file)
         if unreadable:
             print(f"invoke-repl: cannot read {args.from_file}: {unreadable}", file=sys.stderr)
             return EXIT_USAGE
         try:
-            lines: Iterable[str] = args.from_file.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+            lines = args.from_file.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
         except OSError as exc:
             print(f"invoke-repl: cannot read {args.from_file}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE

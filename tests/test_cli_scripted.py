@@ -328,3 +328,9 @@ def test_a_script_of_catalogue_commands_never_imports_torch(tmp_path: Path) -> N
     assert "NO-TORCH 0" in result.stderr, result.stderr
     assert "renamed" in result.stdout and "updated model tiny-random" in result.stdout
     assert "removed tiny-random from the catalogue" in result.stdout
+
+
+def test_from_file_dash_reads_the_commands_from_stdin(tmp_path: Path) -> None:
+    tiny_catalogue(tmp_path)
+    done = run_cli(["--from-file", "-", "--outdir", "D", "--no-progress"], tmp_path, stdin="!dialect legacy\n")
+    assert done.returncode == 0 and done.stdout == "dialect: legacy\n", done.stderr
