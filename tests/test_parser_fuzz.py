@@ -56,7 +56,7 @@ requests = st.builds(
     variation_amount=unit,
     with_variations=st.lists(st.tuples(seed, unit), max_size=3).map(tuple),
     fit=st.booleans(),
-    outdir=st.none() | nonempty,
+    outdir=st.none() | nonempty.filter(str.strip),  # a blank -o is refused, as an empty one is
     save_steps=st.booleans(),
     model=st.none() | nonempty.filter(str.strip),
 )
