@@ -4,9 +4,10 @@ Every scenario prints the device, both medians (of ≥ 3 timed runs after a warm
 number > 1 means we are faster. `--json FILE` appends one JSON object per scenario so runs can be compared later.
 Timings are reported, never asserted: tests must not flake on shared machines.
 
-CPU scenarios use the embedded model (or `--model NAME` from the catalogue). GPU scenarios (run only when CUDA is
-present, or with `--gpu`) build the SD 1.5 architecture with random weights from the local `configs/sd-1` configs —
-the same compute as real weights, no download.
+CPU scenarios use the embedded model (or `--model NAME` from the catalogue), on the CPU. GPU scenarios (named one by
+one, all of them as `gpu`, or added to the CPU ones with `--gpu`; skipped without CUDA) build the SD 1.5
+architecture with random weights from the local `configs/sd-1` configs — the same compute as real weights, no
+download. A scenario that fails is a row that says why (`"status": "failed"` in the JSON line).
 """
 
 from __future__ import annotations
@@ -190,9 +191,10 @@ def stock(components: Any, request: Any, init_image: Any = None) -> Callable[[],
 
 # ------------------------------------------------------------------------------------------- CPU scenarios
 def load_model(name: str | None) -> Any:
+    """The CPU scenarios' model, on the CPU also where a GPU is present: they are the CPU figures."""
     from invoke_repl.models import ModelManager, open_catalogue
 
-    manager = ModelManager(open_catalogue(None), device="auto", precision="auto", max_loaded=1)
+    manager = ModelManager(open_catalogue(None), device="cpu", precision="auto", max_loaded=1)
     return manager.get(name)
 
 
@@ -248,13 +250,18 @@ def bench_sampler_overhead(components: Any) -> list[Result]:
     return results
 
 
+def stock_scheduler_class(spec: Any) -> type:
+    """diffusers' own class under ours (CachedLMS…, ScheduledDDIM…, ScheduledPNDM…): comparing with our subclass
+    made the ddim/plms rows ~1x by construction."""
+    return next(c for c in spec.cls.__mro__ if c.__module__.startswith("diffusers."))
+
+
 def _stock_overhead_ms(spec: Any, scheduler_config: dict, shape: tuple[int, ...]) -> float:
     import torch
-    from diffusers import LMSDiscreteScheduler
 
-    from invoke_repl.generator.samplers import CachedLMSDiscreteScheduler, step_kwargs
+    from invoke_repl.generator.samplers import step_kwargs
 
-    cls = LMSDiscreteScheduler if spec.cls is CachedLMSDiscreteScheduler else spec.cls
+    cls = stock_scheduler_class(spec)
     gen = torch.Generator().manual_seed(0)
     eps = torch.randn(shape, generator=gen)
     scheduler = cls.from_config(scheduler_config, **spec.overrides)
@@ -287,16 +294,18 @@ def bench_prompt_latency(repeats: int) -> Result:
         )
         os.close(slave)
         seen = b""
-        while b"invoke>" not in seen:
-            ready, _, _ = select.select([master], [], [], 30)
-            if not ready:
-                break
-            seen += os.read(master, 4096)
-        elapsed = time.perf_counter() - start
-        proc.kill()
-        proc.wait()
-        os.close(master)
-        return elapsed
+        try:
+            while b"invoke>" not in seen:
+                ready, _, _ = select.select([master], [], [], 30)
+                chunk = os.read(master, 4096) if ready else b""
+                if not chunk:  # 30 s of silence, or the child gone: no figure, not a 30 s one
+                    raise RuntimeError(f"no invoke> prompt; the child printed {seen[-300:]!r}")
+                seen += chunk
+            return time.perf_counter() - start
+        finally:
+            proc.kill()
+            proc.wait()
+            os.close(master)
 
     from invoke_repl.paths import embedded_model_dir
 
@@ -309,21 +318,51 @@ def bench_prompt_latency(repeats: int) -> Result:
     def stock_once() -> float:
         return process_seconds([sys.executable, "-c", stock_script])
 
-    ours_s = statistics.median(ours_once() for _ in range(repeats))
-    stock_s = statistics.median(stock_once() for _ in range(repeats))
-    return Result("prompt_latency", device_name(), ours_s, stock_s, notes="start → prompt vs start → pipeline ready")
+    ours_s, stock_s = paired_values(ours_once, stock_once, repeats)
+    return Result(
+        "prompt_latency",
+        device_name(),
+        ours_s,
+        stock_s,
+        notes="start → prompt drawn (the model still loading behind it) vs start → pipeline ready",
+    )
 
 
-def bench_scripted(lines: int = 20) -> Result:
-    """A 20-line scripted run through the real CLI, against a stock script doing the same 20 images."""
-    prompts = [f"a red circle on a blue background --steps 10 --seed {k}" for k in range(lines)]
+def paired_values(a: Callable[[], float], b: Callable[[], float], repeats: int) -> tuple[float, float]:
+    """`paired_medians` for measurements that time themselves (a child process from its start): one warm-up each
+    (the page cache), then `repeats` of each in alternation, so the machine's drift is shared."""
+    a()
+    b()
+    values: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        values[0].append(a())
+        values[1].append(b())
+    return statistics.median(values[0]), statistics.median(values[1])
+
+
+def bench_scripted(lines: int = 20, repeats: int = 3) -> Result:
+    """A 20-line scripted run through the real CLI, against a stock script doing the same 20 images.
+
+    Both make the same requests (10 k_lms steps, CFG 2.5, 64²) and save 20 PNGs; ours also writes its metadata
+    chunks and invoke_log.txt and fsyncs each file, which stock does not."""
+    from invoke_repl.paths import embedded_model_dir
+
+    prompts = [f"a red circle on a blue background --steps 10 --seed {k} -C 2.5" for k in range(lines)]
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp, "script.txt")
         script.write_text("\n".join(prompts) + "\n")
-        ours_s = process_seconds(
-            [sys.executable, "-m", "invoke_repl", "--from-file", str(script), "--outdir", tmp, "--no-progress"]
-        )
-        from invoke_repl.paths import embedded_model_dir
+        runs = iter(range(10**6))
+
+        def ours_once() -> float:
+            folder = Path(tmp, f"ours{next(runs)}")
+            seconds = process_seconds(
+                [sys.executable, "-m", "invoke_repl", "--from-file", str(script), "--outdir", str(folder)]
+                + ["--no-progress"]
+            )
+            made = len(list(folder.glob("*.png")))
+            if made != lines:
+                raise RuntimeError(f"our run made {made} images, not {lines}")
+            return seconds
 
         stock_script = (
             "import torch\nfrom diffusers import StableDiffusionPipeline, LMSDiscreteScheduler\n"
@@ -332,12 +371,16 @@ def bench_scripted(lines: int = 20) -> Result:
             "p.scheduler = LMSDiscreteScheduler.from_config(p.scheduler.config)\n"
             "p.set_progress_bar_config(disable=True)\n"
             f"for k in range({lines}):\n"
-            "    img = p('a red circle on a blue background', num_inference_steps=10,"
+            "    img = p('a red circle on a blue background', num_inference_steps=10, guidance_scale=2.5,"
             " generator=torch.Generator().manual_seed(k)).images[0]\n"
             f"    img.save({tmp!r} + f'/stock{{k}}.png')\n"
         )
-        stock_s = process_seconds([sys.executable, "-c", stock_script])
-    return Result("scripted_20", device_name(), ours_s, stock_s, notes=f"{lines} lines, process start to exit")
+        ours_s, stock_s = paired_values(
+            ours_once, lambda: process_seconds([sys.executable, "-c", stock_script]), repeats
+        )
+    return Result(
+        "scripted_20", device_name(), ours_s, stock_s, notes=f"{lines} lines, process start to exit, CFG 2.5, 64²"
+    )
 
 
 def bench_compile_modes(plan: GpuPlan | None = None) -> Result:
@@ -482,8 +525,7 @@ def bench_gpu(
         try:
             return measure()
         except Exception as exc:
-            text = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
-            emit(Result(scenario, device, float("nan"), None, notes=f"failed: {text}"))
+            emit(failed_row(scenario, exc, device))
             return None
         finally:
             graphs_now = components.extras.get("cuda_graphs") if components is not None else None
@@ -520,6 +562,7 @@ def bench_gpu(
                 f"{eager_s[scenario] / per_image:.4f} s; "
                 f"max pixel diff vs eager {_max_diff(images, eager_images[scenario])}"
                 + (f", vs stock {_max_diff(images, stock_images[scenario])}" if per_image == 1 else "")
+                + (" (by design: stock samples the VAE posterior, ours takes its mean)" if init is not None else "")
                 + (" (per image of -n 4 vs stock batch 1)" if per_image == 4 else "")
             )
             extra = {"eager_s": eager_s[scenario] / per_image, "variant": "graphs"}
@@ -808,9 +851,7 @@ def _compile_in_fresh_process(
     return state, float(seconds), total
 
 
-def _compile_once(
-    size: int, dtype: str, device: str, fake: bool, mode: str = "full", weights_seed: int = 0
-) -> None:
+def _compile_once(size: int, dtype: str, device: str, fake: bool, mode: str = "full", weights_seed: int = 0) -> None:
     """One background compile for the batch-2 shape at `size`, as a session would start it; prints state, seconds.
 
     `weights_seed` other than 0 moves every UNet weight by seeded noise: the same architecture, other values."""
@@ -935,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(OPT_IN_CPU_SCENARIOS),
     )
     parser.add_argument("--model", default=None, help="catalogue model for the CPU scenarios (default: default)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=_at_least_one, default=3, help="timed runs per side (default 3)")
     parser.add_argument("--json", type=Path, default=None, help="append results as JSON lines to this file")
     parser.add_argument("--gpu", action="store_true", help="run the GPU scenarios too")
     args = parser.parse_args(argv)
@@ -949,18 +990,21 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     components = None
     for scenario in [s for s in scenarios if s in cpu_scenarios]:
-        if scenario in ("txt2img_k_lms", "txt2img_k_euler", "img2img_0.7", "sampler_overhead"):
-            components = components or load_model(args.model)
-        if scenario == "sampler_overhead":
-            new = bench_sampler_overhead(components)
-        elif scenario == "prompt_latency":
-            new = [bench_prompt_latency(args.repeats)]
-        elif scenario == "scripted_20":
-            new = [bench_scripted()]
-        elif scenario == "compile_modes":
-            new = [bench_compile_modes()]
-        else:
-            new = [bench_generation(components, scenario, args.repeats)]
+        try:
+            if scenario in ("txt2img_k_lms", "txt2img_k_euler", "img2img_0.7", "sampler_overhead"):
+                components = components or load_model(args.model)
+            if scenario == "sampler_overhead":
+                new = bench_sampler_overhead(components)
+            elif scenario == "prompt_latency":
+                new = [bench_prompt_latency(args.repeats)]
+            elif scenario == "scripted_20":
+                new = [bench_scripted(repeats=args.repeats)]
+            elif scenario == "compile_modes":
+                new = [bench_compile_modes()]
+            else:
+                new = [bench_generation(components, scenario, args.repeats)]
+        except Exception as exc:  # one scenario failing must not take the others' rows along, nor leave none
+            new = [failed_row(scenario, exc)]
         _report(new, args.json)
         results += new
     gpu = [s for s in scenarios if s in GPU_SCENARIOS]
@@ -970,17 +1014,57 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print("no CUDA device: GPU scenarios skipped", file=sys.stderr)
         else:
-            bench_gpu(gpu, args.repeats, report=lambda new: _report(new, args.json))
+            try:
+                bench_gpu(gpu, args.repeats, report=lambda new: _report(new, args.json))
+            except Exception as exc:  # before or between the guarded rows: the rows so far are written already
+                _report([failed_row("gpu", exc)], args.json)
     return 0
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")  # 0 ended in "no median for empty data"
+    return value
+
+
+def failed_row(scenario: str, exc: BaseException, device: str | None = None) -> Result:
+    """A row that says why a scenario has no figures: a run on a lent GPU cannot be asked again."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+    try:
+        device = device or device_name()
+    except Exception:
+        device = "?"
+    return Result(scenario, device, None, None, notes=f"failed: {text}", extra={"status": "failed"})
+
+
+def _versions() -> dict[str, str]:
+    """What the figures were measured with, so JSON lines from different runs can be compared."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("invoke-repl", "torch", "diffusers", "transformers"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "?"
+    return found
 
 
 def _report(results: list[Result], json_file: Path | None) -> None:
     for result in results:
         print(result.line(), flush=True)
         if json_file is not None:
-            record = asdict(result) | {"ratio": result.ratio, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            record = asdict(result) | {
+                "ratio": result.ratio,
+                "status": result.extra.get("status", "ok"),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "versions": _versions(),
+            }
+            # Strict JSON: a NaN (a failed row's timing) is not JSON, and strict readers refused the whole line.
+            record = {k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()}
             with open(json_file, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json.dumps(record, allow_nan=False, default=str) + "\n")
 
 
 if __name__ == "__main__":

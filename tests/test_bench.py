@@ -179,3 +179,47 @@ def test_perturbed_weights_are_another_checkpoint_of_the_same_architecture():
         if name in dict(first.named_parameters()):
             assert value.shape == before[name].shape and not torch.equal(value, before[name]), name
             assert torch.equal(value, second.state_dict()[name]), name  # seeded: the same "checkpoint" each time
+
+
+def test_stock_overhead_is_timed_on_diffusers_own_classes_never_ours():
+    from invoke_repl.generator.samplers import SAMPLER_TABLE
+
+    for name, spec in SAMPLER_TABLE.items():
+        cls = bench.stock_scheduler_class(spec)
+        assert cls.__module__.startswith("diffusers."), (name, cls)
+    assert bench.stock_scheduler_class(SAMPLER_TABLE["ddim"]).__name__ == "DDIMScheduler"
+    assert bench.stock_scheduler_class(SAMPLER_TABLE["k_lms"]).__name__ == "LMSDiscreteScheduler"
+
+
+def test_a_failing_cpu_scenario_is_a_strict_json_row_and_the_next_still_runs(tmp_path, monkeypatch):
+    out = tmp_path / "bench.jsonl"
+    monkeypatch.setattr(bench, "bench_prompt_latency", lambda repeats: bench.Result("prompt_latency", "cpu", 0.3, 9.0))
+    assert bench.main(["txt2img_k_lms", "prompt_latency", "--model", "nosuch", "--json", str(out)]) == 0
+
+    def strict(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    rows = [json.loads(line, parse_constant=strict) for line in out.read_text().splitlines()]
+    assert [r["scenario"] for r in rows] == ["txt2img_k_lms", "prompt_latency"]
+    assert rows[0]["status"] == "failed" and rows[0]["ours_s"] is None and "nosuch" in rows[0]["notes"]
+    assert rows[1]["status"] == "ok" and rows[1]["ratio"] == 30.0 and rows[1]["versions"]["torch"]
+    failed_gpu = bench.failed_row("gpu_n4", RuntimeError("boom"), "H200")
+    bench._report([bench.Result("x", "cpu", float("nan"), None), failed_gpu], out)
+    tail = [json.loads(line, parse_constant=strict) for line in out.read_text().splitlines()[2:]]
+    assert tail[0]["ours_s"] is None and tail[1]["notes"] == "failed: RuntimeError: boom"
+
+
+def test_repeats_below_one_is_a_usage_error():
+    with pytest.raises(SystemExit) as info:
+        bench.main(["prompt_latency", "--repeats", "0"])
+    assert info.value.code == 2
+
+
+def test_self_timed_pairs_warm_up_then_alternate():
+    order: list[str] = []
+
+    def side(name: str, value: float):
+        return lambda: order.append(name) or value
+
+    assert bench.paired_values(side("a", 1.0), side("b", 2.0), 3) == (1.0, 2.0)
+    assert order == ["a", "b"] * 4  # one warm-up each, then three in alternation
