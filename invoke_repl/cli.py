@@ -334,6 +334,6 @@ def _warm_up(session: Session) -> None:
     if os.environ.get("INVOKE_REPL_NO_WARMUP"):
         return
     try:
-        session.manager  # noqa: B018 - creating it imports torch and starts the default model's load
+        session.manager.device  # noqa: B018 - imports torch, starts the default's load, finds the device
     except Exception as exc:  # reported again, with its reason, when a line needs the model
         _above_prompt(f"warning: model manager failed to start: {exc}")

@@ -915,8 +915,8 @@ def _img2img_notices(request: Request) -> list[str]:
         return ["strength 1 starts from pure noise: the init image (-I) only sets the size"]
     if strength > 0 and request.steps_taken == 0:
         return [
-            f"{request.steps} steps at strength {strength:g} is 0 steps: the result is the init image as the model"
-            " sees it"
+            f"{request.steps} step{'s' if request.steps != 1 else ''} at strength {strength:g} is 0 steps: the result"
+            " is the init image as the model sees it"
         ]
     return []
 

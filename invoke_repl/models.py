@@ -150,6 +150,11 @@ class ModelManager:
     def dtype(self) -> torch.dtype:
         return self._resolved()[1]
 
+    @property
+    def resolved_device_and_dtype(self) -> tuple[torch.device, torch.dtype] | None:
+        """The device and dtype if a load has resolved them already, else None (never imports torch)."""
+        return self._device_and_dtype
+
     def _resolved(self) -> tuple[torch.device, torch.dtype]:
         if self._device_and_dtype is None:
             from invoke_repl.loading import resolve_device, resolve_dtype
@@ -183,8 +188,8 @@ class ModelManager:
         from invoke_repl.loading import size_on_disk
 
         rows = []
+        active = self.active_name  # before any load (a script's `!models`), the one that will be
         with self._lock:
-            active = self._active
             slots = {name: slot.where for name, slot in self._slots.items()}
             pending = set(self._pending)
         for name, entry in self.catalogue.entries.items():

@@ -132,13 +132,17 @@ def _append_whole_line(fd: int, data: bytes) -> None:
     line that could not be written whole is cut back off, and a file that does not end in a newline (an older
     leftover, or a write the process died in) gets one first."""
     start = os.fstat(fd).st_size
-    if start and os.pread(fd, 1, start - 1) != b"\n":
-        data = b"\n" + data
+    try:
+        if start and os.pread(fd, 1, start - 1) != b"\n":
+            data = b"\n" + data
+    except OSError:  # not readable (a write-only log): append as before
+        pass
     try:
         _write_all(fd, data)
     except OSError:
         try:
-            os.ftruncate(fd, start)
+            if os.fstat(fd).st_size - start <= len(data):  # only our part: another process's line stays
+                os.ftruncate(fd, start)
         except OSError:
             pass
         raise
@@ -339,7 +343,10 @@ def append_log(outdir: Path, line: str) -> str | None:
     text = " ".join(str(line).splitlines()) + "\n"
     try:
         Path(outdir).mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except PermissionError:  # a write-only log: appended to without the newline check
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             _append_whole_line(fd, text.encode("utf-8", "replace"))
         finally:

@@ -89,6 +89,10 @@ class CommandHistory(History):
             self._writable = False
             self.warn(f"warning: history file {self.path} is a directory; history is kept in memory only")
             return []
+        if self.path.is_symlink() and not self.path.exists():
+            self._writable = False
+            self.warn(f"warning: history file {self.path} is a link that leads nowhere; history is kept in memory only")
+            return []
         if not self.path.is_file() and not _is_devnull(self.path):
             # A FIFO blocked the prompt forever and /dev/zero read until memory ran out; /dev/null stays the
             # usual way to keep no history.

@@ -398,7 +398,7 @@ class Session:
             except (Exception, KeyboardInterrupt) as exc:  # handed to the waiting line
                 box["error"] = exc
             except BaseException as exc:  # a library's sys.exit() at import must end this line, not the session
-                box["error"] = RuntimeError(f"model code exited: {exc or type(exc).__name__}")
+                box["error"] = RuntimeError(f"model code exited: {str(exc) or type(exc).__name__}")
 
         thread = threading.Thread(target=work, name="invoke-repl-model", daemon=True)
         self._manager_work = thread
@@ -520,7 +520,10 @@ class Session:
             origin = made_on(read_chunks(path))
         except MetadataError:
             return []
-        here = (self.manager.device.type, str(self.manager.dtype).removeprefix("torch."))
+        resolved = self.manager.resolved_device_and_dtype  # None before a first load: never resolve it here
+        if resolved is None:
+            return []
+        here = (resolved[0].type, str(resolved[1]).removeprefix("torch."))
         if origin is None or origin == here:
             return []
         return [

@@ -45,6 +45,10 @@ class ForgivingStream:
                 self._lose(exc)
         return len(text)
 
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
     def flush(self) -> None:
         if self.lost is None:
             try:

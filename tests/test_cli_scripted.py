@@ -326,6 +326,7 @@ def test_a_script_of_catalogue_commands_never_imports_torch(tmp_path: Path) -> N
         timeout=60,
     )
     assert "NO-TORCH 0" in result.stderr, result.stderr
+    assert result.stdout.startswith("* tiny-random")  # the default is marked active before any load, as it was
     assert "renamed" in result.stdout and "updated model tiny-random" in result.stdout
     assert "removed tiny-random from the catalogue" in result.stdout
 
@@ -334,3 +335,18 @@ def test_from_file_dash_reads_the_commands_from_stdin(tmp_path: Path) -> None:
     tiny_catalogue(tmp_path)
     done = run_cli(["--from-file", "-", "--outdir", "D", "--no-progress"], tmp_path, stdin="!dialect legacy\n")
     assert done.returncode == 0 and done.stdout == "dialect: legacy\n", done.stderr
+
+
+def test_fetch_works_under_a_device_that_is_not_there(workdir: Path) -> None:
+    """With `--device cuda` on a machine without one, `!fetch` after `!models` failed with the device's error:
+    it asked the manager for its device, which is found only when a model loads."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    made = run_cli(["--outdir", "D", "--no-progress"], workdir, stdin='"a fox" --steps 1 --seed 7\n')
+    assert made.returncode == 0, made.stderr
+    png = workdir / "D" / "000001.7.png"
+    fetched = run_cli(["--device", "cuda", "--outdir", "D"], workdir, stdin=f"!models\n!fetch {png}\n")
+    assert fetched.returncode == 0, fetched.stderr
+    assert '"a fox" --steps 1 --seed 7' in fetched.stdout

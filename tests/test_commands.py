@@ -407,3 +407,9 @@ def test_a_typed_minus_zero_is_recorded_as_zero() -> None:
     request = parse('"x" -S2 -C -0 -s -0 -I a.png')
     assert str(request.cfg_scale) == "0.0" and str(request.strength) == "0.0"
     assert "-0.0" not in canonical(request)
+
+
+def test_the_zero_steps_notice_counts_one_step_in_the_singular() -> None:
+    notices: list[str] = []
+    parse('"x" -S1 -s0.5 -I a.png', notices=notices)
+    assert notices == ["1 step at strength 0.5 is 0 steps: the result is the init image as the model sees it"]

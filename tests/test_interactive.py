@@ -311,3 +311,15 @@ def test_a_notice_from_the_background_load_goes_above_the_line_being_typed(tmp_p
         terminal.read_until("000001.2.png", timeout=60)
     finally:
         terminal.close()
+
+
+def test_a_device_that_is_not_there_is_said_at_start(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    terminal = _start(tmp_path, "--device", "cuda")
+    try:
+        terminal.read_until("warning: model manager failed to start: --device cuda: no CUDA device", timeout=60)
+    finally:
+        terminal.close()

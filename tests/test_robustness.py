@@ -476,6 +476,12 @@ def test_a_history_that_is_a_fifo_or_a_device_is_never_read(tmp_path: Path) -> N
         assert list(history.get_strings()) == ["!help"]
     quiet: list[str] = []
     assert CommandHistory(Path(os.devnull), quiet.append).read_lines() == [] and quiet == []
+    (tmp_path / "dangling").symlink_to(tmp_path / "not-yet")
+    said: list[str] = []
+    assert CommandHistory(tmp_path / "dangling", said.append).read_lines() == []
+    assert said == [
+        f"warning: history file {tmp_path / 'dangling'} is a link that leads nowhere; history is kept in memory only"
+    ]
 
 
 def test_a_named_history_file_in_another_encoding_is_left_alone(tmp_path: Path) -> None:
@@ -754,3 +760,9 @@ def test_a_library_that_calls_sys_exit_at_import_fails_the_line_not_the_session(
     session = Session(exits, outdir=tmp_path, out=io.StringIO(), err=io.StringIO(), progress=False)
     one_line_error(session.run_line('"x" --steps 1 --seed 1'), "torch needs a newer glibc")
     assert session.run_line("!help").ok
+
+    def bare_exit() -> Any:
+        raise SystemExit()
+
+    quiet = Session(bare_exit, outdir=tmp_path, out=io.StringIO(), err=io.StringIO(), progress=False)
+    one_line_error(quiet.run_line('"x" --steps 1 --seed 1'), "model code exited: SystemExit")

@@ -138,3 +138,9 @@ def test_a_working_folder_that_was_deleted_is_one_line_at_start(tmp_path: Path) 
     assert done.returncode == 2 and done.stderr == (
         "invoke-repl: the working folder no longer exists; cd to another one and start again\n"
     )
+
+
+def test_writelines_is_forgiving_too() -> None:
+    stream = ForgivingStream(_Failing(BrokenPipeError(32, "Broken pipe")), "standard output")
+    stream.writelines(["a\n", "b\n"])
+    assert stream.lost == "Broken pipe"
