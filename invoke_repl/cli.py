@@ -22,8 +22,7 @@ from invoke_repl.session import Session, default_outdir
 from invoke_repl.stopping import cancel_on_signals, exit_status
 from invoke_repl.streams import guard_standard_streams
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-EXIT_SIGNALLED = 128  # and up: 128 + the number of the signal that stopped the run (130 for Ctrl-C)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # and 128 + a signal's number when one stopped the run (130: Ctrl-C)
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -119,14 +119,6 @@ class Session:
         work = self._manager_work
         return (work is not None and work.is_alive()) or (self._manager is not None and self._manager.loading())
 
-    def settle(self) -> None:
-        """Wait for `model_work_running` to end."""
-        work = self._manager_work
-        if work is not None:
-            work.join()
-        if self._manager is not None:
-            self._manager.settle()
-
     def model_names(self) -> list[str]:
         """Names for completion; empty until the manager exists so completion never waits for torch."""
         if self._manager is None:
