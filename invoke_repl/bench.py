@@ -226,13 +226,7 @@ def paired_medians(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> 
     Alternating keeps the ratio honest on a shared machine: this project's VM changes speed by up to 40 % from one
     minute to the next (README, Measurements), and timing all of one side first would give that drift to the ratio.
     """
-    a()
-    b()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, into in ((a, times[0]), (b, times[1])):
-            into.append(_one_timing(fn)[0])
-    return statistics.median(times[0]), statistics.median(times[1])
+    return paired_values(lambda: _one_timing(a)[0], lambda: _one_timing(b)[0], repeats)
 
 
 def bench_sampler_overhead(components: Any) -> list[Result]:

@@ -120,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         status = exit_status(signal.SIGINT)
         if any(thread.is_alive() for thread in _WARM_UP):  # never shut down under torch's import (see _settle)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status)
+            _leave_now(status)
         return status
 
 
@@ -180,9 +178,14 @@ def _settle(session: Session, status: int | None) -> None:
     if status is None:  # an exception is on its way out: let it
         return
     if any(thread.is_alive() for thread in _WARM_UP) or session.model_work_running:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+        _leave_now(status)
+
+
+def _leave_now(status: int) -> NoReturn:
+    """Exit without the interpreter's shutdown, which aborts under a thread inside torch's C++ code."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _unknown_start_model(args: argparse.Namespace) -> str | None:

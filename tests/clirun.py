@@ -11,6 +11,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# A program that runs invoke-repl with every model load announced ("LOADING-NOW") and stuck for 300 s.
+SLOW_LOADER = """
+import sys, time
+import invoke_repl.loading as loading
+def slow(*args, **kwargs):
+    print("LOADING-NOW", file=sys.stderr, flush=True)
+    time.sleep(300)
+loading.load_entry = slow
+from invoke_repl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
 
 def isolated_env(tmp: Path) -> dict[str, str]:
     """No model hub, no user config or history from the person running the tests."""

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.clirun import REPO, run_cli, tiny_catalogue
+from tests.clirun import REPO, isolated_env, run_cli, tiny_catalogue
 
 FIRE = REPO / "invoke_repl" / "embedded" / "fire-drawing.png"
 SEED_LINE = '"fire" -S10 -s0.7 -I fire.png -A k_lms --seed 1592514025\n'
@@ -159,27 +161,26 @@ def test_previous_reference_without_previous_image_is_a_line_error(workdir: Path
     assert result.stderr.startswith("line 1: ") and "previous" in result.stderr
 
 
-def test_commands_without_generation_do_not_import_torch(workdir: Path) -> None:
-    script = "!help\n!dialect legacy\n!history\n"
+def _run_probing_torch(args: list[str], tmp: Path, script: str) -> subprocess.CompletedProcess[str]:
+    """A scripted run that ends by printing `NO-TORCH <status>` on stderr if torch was never imported."""
     probe = (
-        "import sys, runpy; sys.argv=['invoke-repl','--outdir','D'];"
+        f"import sys, runpy; sys.argv=['invoke-repl', *{args!r}];"
         "code=0\ntry:\n runpy.run_module('invoke_repl', run_name='__main__')\nexcept SystemExit as e:\n code=e.code\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code, file=sys.stderr)"
     )
-    import subprocess
-    import sys
-
-    from tests.clirun import isolated_env
-
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", probe],
         input=script,
         capture_output=True,
         text=True,
-        env=isolated_env(workdir),
-        cwd=workdir,
+        env=isolated_env(tmp),
+        cwd=tmp,
         timeout=60,
     )
+
+
+def test_commands_without_generation_do_not_import_torch(workdir: Path) -> None:
+    result = _run_probing_torch(["--outdir", "D"], workdir, "!help\n!dialect legacy\n!history\n")
     assert "NO-TORCH 0" in result.stderr, result.stderr
     assert "dialect: legacy" in result.stdout
 
@@ -201,11 +202,6 @@ def test_replaying_the_log_and_a_bom_script_run_their_lines(workdir: Path) -> No
 def test_a_script_line_that_is_not_utf8_is_refused_not_run_with_a_replaced_prompt(workdir: Path) -> None:
     """A Latin-1 `"caf\xe9"` ran as the prompt "caf\ufffd" (exit 0, no word); the interactive prompt already refused
     such a byte. A comment with one is still skipped, and the other lines run."""
-    import subprocess
-    import sys
-
-    from tests.clirun import isolated_env
-
     (workdir / "latin1.txt").write_bytes(b'# caf\xe9 au lait\n"caf\xe9" -S2 --seed 1\n"tea" -S2 --seed 2\n')
     expected = (
         "line 2: the line is not UTF-8 text (byte 0xE9 at column 5); save the file, or set the terminal, as UTF-8"
@@ -304,27 +300,9 @@ def test_an_outdir_with_a_control_character_is_refused_at_start(tmp_path: Path) 
 def test_a_script_of_catalogue_commands_never_imports_torch(tmp_path: Path) -> None:
     """`!models`, `!edit_model`, `!del_model` imported torch and loaded the default model in full (about 10 s
     for `!models` alone), for a script that makes no picture."""
-    import subprocess
-    import sys
-
-    from tests.clirun import isolated_env
-
     catalogue = tiny_catalogue(tmp_path)
-    probe = (
-        f"import sys, runpy; sys.argv=['invoke-repl','--outdir','D','--models',{str(catalogue)!r}];"
-        "code=0\ntry:\n runpy.run_module('invoke_repl', run_name='__main__')\nexcept SystemExit as e:\n code=e.code\n"
-        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code, file=sys.stderr)"
-    )
     script = "!models\n!edit_model tiny-random description=renamed\n!models\n!del_model tiny-random\n!models\n"
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        input=script,
-        capture_output=True,
-        text=True,
-        env=isolated_env(tmp_path),
-        cwd=tmp_path,
-        timeout=60,
-    )
+    result = _run_probing_torch(["--outdir", "D", "--models", str(catalogue)], tmp_path, script)
     assert "NO-TORCH 0" in result.stderr, result.stderr
     assert result.stdout.startswith("* tiny-random")  # the default is marked active before any load, as it was
     assert "renamed" in result.stdout and "updated model tiny-random" in result.stdout

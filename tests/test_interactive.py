@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clirun import Terminal, tiny_catalogue
+from tests.clirun import SLOW_LOADER, Terminal, tiny_catalogue
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
 
@@ -257,27 +257,15 @@ def test_a_history_file_that_is_the_catalogue_is_never_appended_to(tmp_path: Pat
     assert b"looks like a model catalogue, not a history; history is kept in memory only" in terminal.seen
 
 
-SLOW_DEFAULT_LOAD = """
-import sys, time
-import invoke_repl.loading as loading
-def slow(*args, **kwargs):
-    print("LOADING-NOW", file=sys.stderr, flush=True)
-    time.sleep(120)
-loading.load_entry = slow
-from invoke_repl.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.parametrize("key", ["\x04", "!quit\r"])
 def test_leaving_while_the_default_model_still_loads_is_at_once(tmp_path: Path, key: str) -> None:
     """Ctrl-D or !quit at a fresh prompt waited, silently, for a load nobody would use (13 s for the embedded
-    model; here the load takes 120 s), and a Ctrl-C during that wait printed a traceback."""
+    model; here the load takes 300 s), and a Ctrl-C during that wait printed a traceback."""
     tiny_catalogue(tmp_path)
     terminal = Terminal(
         ["--outdir", "out", "--history-file", str(tmp_path / "history")],
         tmp_path,
-        program=[sys.executable, "-c", SLOW_DEFAULT_LOAD],
+        program=[sys.executable, "-c", SLOW_LOADER],
     )
     try:
         terminal.read_until(PROMPT, timeout=60)

@@ -216,7 +216,7 @@ def test_full_disk_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.
 
 def test_a_log_line_is_appended_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = tmp_path / outputs.LOG_NAME
-    log.write_text("[1] a.png: \"a\" --steps 2\n")
+    log.write_text('[1] a.png: "a" --steps 2\n')
     real = outputs._write_all
 
     def full(fd: int, data: bytes) -> None:

@@ -21,20 +21,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.clirun import isolated_env, tiny_catalogue
+from tests.clirun import SLOW_LOADER, isolated_env, tiny_catalogue
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-
-SLOW_LOADER = """
-import sys, time
-import invoke_repl.loading as loading
-def slow(*args, **kwargs):
-    print("LOADING-NOW", file=sys.stderr, flush=True)
-    time.sleep(300)
-loading.load_entry = slow
-from invoke_repl.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 # Each image's PNG write is slowed down and announced, so a signal lands inside a save for certain.
